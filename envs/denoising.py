@@ -1,0 +1,228 @@
+"""Text-to-image denoising as a torchrl environment whose steps are timesteps (DESIGN.md §3).
+
+State x_k (latent), step k, prompt condition c; action x_{k+1}; the transition
+is x ← action; the reward is 0 until the last step, where the final latent is
+decoded and scored (when the env has a reward; a trainer may score outside).
+
+`rollout` returns the shared contract: a TensorDict [N, K] whose per-step
+entries are dense and whose per-trajectory context (prompt embeddings, group
+id, noise seed) is stored once per trajectory, a stride-0 view along K.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.data import Bounded, Composite, Unbounded
+from torchrl.envs import EnvBase
+from torchrl.envs.utils import step_mdp
+
+from genrl import keys
+from genrl.models.base import ModelAdapter
+from genrl.rewards import checked_call
+
+_TRAJECTORY_IDS = (keys.GROUP_ID, keys.NOISE_SEED, keys.PROMPT_INDEX)
+
+
+class PromptSampler:
+    """Draws `per_batch` prompts per reset without replacement, epoch after epoch, from a seeded generator."""
+
+    def __init__(self, prompts: Sequence[str], per_batch: int, seed: int = 0):
+        if not prompts:
+            raise ValueError("the prompt set is empty: give at least one prompt")
+        self.prompts = list(prompts)
+        self.per_batch = per_batch
+        self.generator = torch.Generator().manual_seed(seed)
+        self._order: list[int] = []
+
+    def next_batch(self) -> list[int]:
+        picked = []
+        while len(picked) < self.per_batch:
+            if not self._order:
+                self._order = torch.randperm(len(self.prompts), generator=self.generator).tolist()
+            picked.append(self._order.pop())
+        return picked
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "order": list(self._order)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self._order = list(state["order"])
+
+
+class DenoisingEnv(EnvBase):
+    """Batch of N = prompts_per_batch × group_size denoising trajectories of `num_steps` steps."""
+
+    batch_locked = True
+
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        prompts: Sequence[str] | PromptSampler,
+        sigmas: torch.Tensor,
+        *,
+        group_size: int = 4,
+        prompts_per_batch: int = 2,
+        shared_noise: bool = False,
+        reward: Callable | None = None,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+    ):
+        sampler = prompts if isinstance(prompts, PromptSampler) else PromptSampler(prompts, prompts_per_batch, seed)
+        n = sampler.per_batch * group_size
+        super().__init__(device=device, batch_size=torch.Size([n]))
+        self.adapter = adapter
+        self.sampler = sampler
+        self.sigmas = sigmas.float().to(device)  # [K + 1]
+        self.num_steps = len(sigmas) - 1
+        self.group_size = group_size
+        self.shared_noise = shared_noise
+        self.reward_fn = reward
+        self.batch_prompts: list[str] = []
+        self._make_spec(n)
+        self._set_seed(seed)
+
+    # -- specs ---------------------------------------------------------------------
+    def _make_spec(self, n: int) -> None:
+        latent_shape = tuple(self.adapter.latent_shape)
+        probe = self.adapter.encode([self.sampler.prompts[0]])
+        context = Composite(
+            {k: Unbounded(shape=(n, *v.shape[1:]), dtype=v.dtype) for k, v in probe.items(include_nested=True, leaves_only=True)},
+            shape=(n,),
+        )
+        ids = {k: Unbounded(shape=(n,), dtype=torch.int64) for k in _TRAJECTORY_IDS}
+        self.observation_spec = Composite(
+            {
+                keys.LATENTS: Unbounded(shape=(n, *latent_shape), dtype=torch.float32),
+                keys.STEP: Bounded(low=0, high=self.num_steps, shape=(n,), dtype=torch.int64),
+                keys.SIGMA: Bounded(low=0.0, high=1.0, shape=(n,), dtype=torch.float32),
+                keys.CONTEXT: context,
+                **ids,
+            },
+            shape=(n,),
+        )
+        self.action_spec = Unbounded(shape=(n, *latent_shape), dtype=torch.float32)
+        self.reward_spec = Unbounded(shape=(n, 1), dtype=torch.float32)
+        self.done_spec = Composite(
+            {
+                keys.DONE: Bounded(0, 1, shape=(n, 1), dtype=torch.bool),
+                keys.TERMINATED: Bounded(0, 1, shape=(n, 1), dtype=torch.bool),
+            },
+            shape=(n,),
+        )
+
+    def _set_seed(self, seed: int | None) -> None:
+        self.rng = torch.Generator().manual_seed(0 if seed is None else seed)
+
+    # -- MDP -------------------------------------------------------------------------
+    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+        n, g = self.batch_size[0], self.group_size
+        prompt_idx = torch.tensor(self.sampler.next_batch(), dtype=torch.int64)  # [N / G]
+        self.batch_prompts = [self.sampler.prompts[i] for i in prompt_idx.repeat_interleave(g).tolist()]
+        with torch.no_grad():
+            cond = self.adapter.encode([self.sampler.prompts[i] for i in prompt_idx.tolist()])  # once per prompt
+        cond = cond.to(self.device)[torch.arange(len(prompt_idx)).repeat_interleave(g)]  # once per trajectory
+        seeds = torch.randint(0, 2**62, (n // g if self.shared_noise else n,), generator=self.rng)
+        if self.shared_noise:
+            seeds = seeds.repeat_interleave(g)
+        latents = initial_noise(seeds, self.adapter.latent_shape).to(self.device)
+        return TensorDict(
+            {
+                keys.LATENTS: latents,
+                keys.STEP: torch.zeros(n, dtype=torch.int64, device=self.device),
+                keys.SIGMA: self.sigmas[0].expand(n).clone(),
+                keys.CONTEXT: cond,
+                keys.GROUP_ID: torch.arange(n // g, device=self.device).repeat_interleave(g),
+                keys.NOISE_SEED: seeds.to(self.device),
+                keys.PROMPT_INDEX: prompt_idx.repeat_interleave(g).to(self.device),
+                keys.DONE: torch.zeros(n, 1, dtype=torch.bool, device=self.device),
+                keys.TERMINATED: torch.zeros(n, 1, dtype=torch.bool, device=self.device),
+            },
+            batch_size=self.batch_size,
+            device=self.device,
+        )
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        action = tensordict.get(keys.ACTION)
+        step = tensordict.get(keys.STEP) + 1
+        done = (step >= self.num_steps).unsqueeze(-1)
+        reward = torch.zeros(step.shape[0], 1, device=self.device)
+        if self.reward_fn is not None and bool(done.all()):
+            with torch.no_grad():
+                images = self.adapter.decode(action)
+            reward = checked_call(self.reward_fn, images, self.batch_prompts).unsqueeze(-1).to(self.device)
+        out = {
+            keys.LATENTS: action,
+            keys.STEP: step,
+            keys.SIGMA: self.sigmas[step.clamp(max=self.num_steps)],
+            keys.CONTEXT: tensordict.get(keys.CONTEXT),
+            keys.REWARD: reward,
+            keys.DONE: done,
+            keys.TERMINATED: done.clone(),
+        }
+        out.update({k: tensordict.get(k) for k in _TRAJECTORY_IDS})
+        return TensorDict(out, batch_size=tensordict.batch_size, device=self.device)
+
+    # -- the rollout contract ------------------------------------------------------------
+    def rollout(
+        self,
+        max_steps: int | None = None,
+        policy=None,
+        callback=None,
+        *,
+        auto_reset: bool = True,
+        tensordict: TensorDictBase | None = None,
+        **ignored,
+    ) -> TensorDictBase:
+        """A [N, K] rollout; per-trajectory context is stored once (stride-0 along K).
+
+        torchrl's own rollout stacks every entry of every step densely, which
+        would copy the prompt embeddings K times; this loop keeps the steps as
+        a list and stacks only what changes per step.
+        """
+        max_steps = self.num_steps if max_steps is None else max_steps
+        td = self.reset() if auto_reset or tensordict is None else tensordict
+        steps = []
+        for _ in range(max_steps):
+            td = policy(td) if policy is not None else self.rand_action(td)
+            td = self.step(td)
+            steps.append(td)
+            if callback is not None:
+                callback(self, td)
+            if bool(td.get((keys.NEXT, keys.DONE)).any()):
+                break
+            td = step_mdp(td, keep_other=True, exclude_action=False)
+            td = td.exclude(keys.ACTION, keys.LOC, keys.SCALE, keys.LOG_PROB, keys.VELOCITY)
+        return densify(steps)
+
+    @property
+    def prompts(self) -> list[str]:
+        return list(self.batch_prompts)
+
+
+def initial_noise(seeds: torch.Tensor, latent_shape: Sequence[int]) -> torch.Tensor:
+    """x_0 ~ N(0, I), one generator per trajectory seed, so a trajectory is reproducible from its seed alone."""
+    return torch.stack(
+        [torch.randn(tuple(latent_shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds.tolist()]
+    )
+
+
+_ONCE_PER_TRAJECTORY = (keys.CONTEXT, *_TRAJECTORY_IDS)
+
+
+def densify(steps: list[TensorDictBase]) -> TensorDictBase:
+    """K step TensorDicts [N] -> dense [N, K]; per-trajectory entries as expanded views of step 0."""
+    first = steps[0]
+    k = len(steps)
+    once = first.select(*_ONCE_PER_TRAJECTORY)
+    per_step = [td.exclude(*_ONCE_PER_TRAJECTORY, keys.VELOCITY, (keys.NEXT, keys.LATENTS),
+                           *[(keys.NEXT, key) for key in _ONCE_PER_TRAJECTORY]) for td in steps]
+    out = torch.stack(per_step, dim=1)  # [N, K]
+    shared = once.unsqueeze(1).expand(*once.batch_size, k)
+    out.update(shared)
+    out.set(keys.NEXT, out.get(keys.NEXT).update(shared))
+    out.set((keys.NEXT, keys.LATENTS), out.get(keys.ACTION))
+    return out

@@ -1,0 +1,5 @@
+import sys
+
+from genrl.cli import main
+
+sys.exit(main())

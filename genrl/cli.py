@@ -1,0 +1,194 @@
+"""`genrl train | eval | sample | bench` (DESIGN.md §10)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+# Errors that name their cause get one line, not a traceback (GENRL_DEBUG=1 shows it).
+USAGE_ERRORS = (ValueError, KeyError, OSError, RuntimeError)
+
+
+def _split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    return None, items
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from genrl import config
+    from genrl.trainer import Trainer
+
+    if args.help_config:
+        for key, default, help_text in config.describe():
+            print(f"{key:32s} {default:24s} {help_text}")
+        print("\nalgorithm sections (flow_grpo:, dance_grpo:, chunk_grpo:) take:")
+        for key, default, help_text in config.describe(config.AlgorithmOptions):
+            print(f"  {key:30s} {default:24s} {help_text}")
+        return 0
+    path, overrides = _split_config_and_overrides(args.items)
+    if args.resume:
+        from genrl.resume import resume_config
+
+        cfg = resume_config(args.resume, overrides)
+        trainer = Trainer(cfg, run_dir=args.resume)
+        trainer.load_checkpoint()
+    else:
+        cfg = config.load(path, overrides)
+        trainer = Trainer(cfg)
+    summary = trainer.run()
+    _print_summary(summary)
+    return 130 if "interrupted_at" in summary else 0
+
+
+def _print_summary(summary: dict) -> None:
+    print(f"run directory: {summary['run_dir']}")
+    if "interrupted_at" in summary:
+        print(f"interrupted after update {summary['interrupted_at']}; checkpoint saved, resume with "
+              f"`genrl train --resume {summary['run_dir']}`")
+        return
+    base, final = summary.get("base_eval"), summary.get("final_eval")
+    if final:
+        line = f"eval score (held-out prompts): final {final['score']:.3f}"
+        if base:
+            line += f", base {base['score']:.3f}, change {final['score'] - base['score']:+.3f}"
+        print(line)
+        if base and "per_category" in final:
+            for cat, value in final["per_category"].items():
+                print(f"  {cat:14s} base {base['per_category'].get(cat, float('nan')):.3f} -> final {value:.3f}")
+
+
+def _load_policy_model(run: str | None):
+    """The base model of the default config, or a run's model with its latest (or given) checkpoint."""
+    from genrl import checkpoint, config
+    from genrl.build import build_model
+
+    if run is None:
+        cfg = config.load()
+        return cfg, build_model(cfg)
+    run_path = Path(run)
+    ckpt = None
+    if (run_path / "trainable.safetensors").is_file():  # a checkpoint directory
+        ckpt, run_path = run_path, run_path.parent.parent
+    if not (run_path / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run!r} is neither a run directory (with config.yaml) nor a checkpoint directory")
+    cfg = config.from_dict(config.load_yaml(run_path / "config.yaml"))
+    adapter = build_model(cfg)
+    trainable, _ = checkpoint.load(ckpt or checkpoint.latest(run_path))
+    adapter.load_trainable_state_dict(trainable)
+    return cfg, adapter
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from genrl import evaluation
+    from genrl.build import build_reward
+    from genrl.grids import save_grid
+    from genrl.prompts import load_prompts
+
+    prompts = load_prompts(args.prompts) if args.prompts else None
+    cfg, adapter = _load_policy_model(args.run)
+    prompts = prompts or load_prompts(cfg.prompts.eval)
+    steps = args.steps or cfg.sampling.eval_steps
+    result, images, repeated = evaluation.evaluate(
+        adapter, prompts, args.seeds, steps, cfg.effective_shift, cfg.sampling.micro_batch,
+        reward=build_reward(cfg),
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out)
+    grid = save_grid(images, repeated, out.with_suffix(".png"), columns=args.seeds * 2)
+    print(f"score {result['score']:.3f}" + (f"  partial {result['partial']:.3f}" if "partial" in result else ""))
+    for cat, value in result.get("per_category", {}).items():
+        print(f"  {cat:14s} {value:.3f}")
+    print(f"wrote {out} and {grid}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from genrl import evaluation
+    from genrl.grids import save_grid
+    from genrl.prompts import load_prompts
+
+    prompts = list(args.prompt or []) + (load_prompts(args.prompts) if args.prompts else [])
+    if not prompts:
+        raise ValueError("give at least one --prompt TEXT or --prompts FILE")
+    cfg, adapter = _load_policy_model(args.run)
+    repeated, seeds = evaluation.evaluation_seeds(prompts, args.seeds)
+    seeds = [s + args.seed for s in seeds]
+    images = evaluation.sample_ode(adapter, repeated, seeds, args.steps or cfg.sampling.eval_steps,
+                                   cfg.effective_shift, cfg.sampling.micro_batch)
+    path = save_grid(images, repeated, Path(args.out), columns=args.seeds)
+    print(f"wrote {len(repeated)} images to {path}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from genrl.benchmarks.harness import run_suite
+
+    run_suite(args.suite, args.out, dry_run=args.dry_run, overrides=args.overrides)
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genrl", description="RL for text-to-image flow models")
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,sample,bench}")
+
+    p = sub.add_parser("train", help="train a policy: genrl train [CONFIG] [dotted.key=value ...]")
+    p.add_argument("items", nargs="*", help="optional config file (or bundled name), then dotted.key=value overrides")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its latest checkpoint")
+    p.add_argument("--help-config", action="store_true", help="list every config key with its default and help")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run (or the base model) on held-out prompts")
+    p.add_argument("run", nargs="?", help="run directory or checkpoint directory (default: the base model)")
+    p.add_argument("--prompts", help="prompt file, one per line, or shapeworld:eval (default: the config's eval prompts)")
+    p.add_argument("--out", default="eval.json", help="where to write the JSON result (and a PNG grid beside it)")
+    p.add_argument("--seeds", type=int, default=4, help="images per prompt (seeds 0..n-1)")
+    p.add_argument("--steps", type=int, help="ODE steps (default: sampling.eval_steps)")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("sample", help="draw images for prompts with a run's (or the base) model")
+    p.add_argument("run", nargs="?", help="run or checkpoint directory (default: the base model)")
+    p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    p.add_argument("--prompts", help="a prompt file, one per line")
+    p.add_argument("--out", default="samples.png", help="PNG grid to write")
+    p.add_argument("--seeds", type=int, default=4, help="images per prompt")
+    p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--steps", type=int, help="ODE steps (default: sampling.eval_steps)")
+    p.set_defaults(fn=cmd_sample)
+
+    p = sub.add_parser("bench", help="run a benchmark suite: every algorithm x seed under one budget")
+    p.add_argument("suite", help="suite name (smoke, tiny, sd35m-geneval-like, flux-hps, flux-pickscore) or YAML path")
+    p.add_argument("--out", default=None, help="output directory (default bench_out/SUITE)")
+    p.add_argument("--dry-run", action="store_true", help="tiny random components, one update per run (CPU check)")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides applied to every run")
+    p.set_defaults(fn=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        print("genrl: interrupted", file=sys.stderr)
+        return 130
+    except USAGE_ERRORS as err:
+        if os.environ.get("GENRL_DEBUG"):
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"genrl: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""Typed configuration: YAML maps one to one onto these dataclasses (DESIGN.md §10).
+
+Every field has a default and a help text; `from_dict` rejects an unknown key or
+a bad value with an error naming the key, the value and what is allowed.
+Algorithm sections (`flow_grpo:`, `chunk_grpo:` …) hold that algorithm's options
+and are parsed with that algorithm's defaults (see `genrl.algorithms`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix; the message names the key."""
+
+
+def _field(default: Any, help: str, choices: tuple | None = None, **kw) -> Any:
+    metadata = {"help": help}
+    if choices is not None:
+        metadata["choices"] = choices
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata, **kw)
+    return field(default=default, metadata=metadata, **kw)
+
+
+@dataclass
+class ModelConfig:
+    name: str = _field("tiny", "model adapter: tiny (ShapeWorld, shipped), sd3, flux, or a registered name")
+    options: dict = _field({}, "adapter options, e.g. {path: ..., lora_rank: 32, finetune: lora, guidance_scale: 4.5}")
+
+
+@dataclass
+class RewardConfig:
+    name: str = _field("shapeeval", "reward: shapeeval, jpeg_compressibility, pickscore, multi, …")
+    options: dict = _field({"mode": "partial"}, "reward options (multi: {rewards: [{name, weight, options}], ...})")
+    normalize: str = _field(
+        "none",
+        "multi rewards: 'group' z-scores each reward within its prompt group before the weighted sum",
+        choices=("none", "group"),
+    )
+
+
+@dataclass
+class PromptsConfig:
+    train: str = _field("shapeworld:train", "training prompts: shapeworld:train | shapeworld:eval | shapeworld:all | a text file, one per line")
+    eval: str = _field("shapeworld:eval", "held-out evaluation prompts, same forms")
+
+
+@dataclass
+class SamplingConfig:
+    num_steps: int = _field(10, "K, denoising steps of a training rollout")
+    shift: float | None = _field(None, "timestep shift s (σ ← sσ/(1+(s−1)σ)); None: the algorithm's default")
+    eval_steps: int = _field(20, "ODE steps for evaluation")
+    micro_batch: int = _field(16, "rows per model call; fixed shape, so log-probs are batch-size invariant")
+
+
+@dataclass
+class TrainConfig:
+    updates: int = _field(100, "number of policy updates (collect + optimise) in the run")
+    prompts_per_update: int = _field(8, "distinct prompts per rollout batch")
+    group_size: int = _field(8, "G, samples per prompt (a GRPO group); at least 2")
+    minibatches: int = _field(2, "optimizer steps per rollout batch (trajectories split evenly, groups kept whole)")
+    lr: float = _field(3e-4, "AdamW learning rate")
+    weight_decay: float = _field(1e-4, "AdamW weight decay")
+    max_grad_norm: float = _field(1.0, "gradient-norm clip")
+    adv_clip: float = _field(5.0, "advantages are clamped to ±adv_clip")
+    max_bad_updates: int = _field(3, "stop after this many consecutive updates with a non-finite loss or gradient")
+
+
+@dataclass
+class LogConfig:
+    progress: bool = _field(True, "show a progress bar")
+    sample_every: int = _field(10, "write a sample grid every N updates (0: never)")
+    checkpoint_every: int = _field(10, "write a checkpoint every N updates (and at the end)")
+    eval_every: int = _field(0, "evaluate on the held-out prompts every N updates (0: only before and after)")
+    eval_seeds: int = _field(4, "images per evaluation prompt (fixed seeds 0..n-1)")
+    eval_at_start: bool = _field(True, "evaluate the base policy before training")
+
+
+@dataclass
+class AlgorithmOptions:
+    """Options every algorithm has; each algorithm registers its own defaults."""
+
+    dynamics: str = _field("flow_sde", "sampler of training rollouts", choices=("flow_sde", "dance_sde", "cps"))
+    noise_level: float = _field(0.7, "a for flow_sde / cps, η for dance_sde")
+    shift: float = _field(1.0, "default timestep shift (sampling.shift overrides)")
+    sde_window: list | None = _field(None, "[start, size]: SDE (and training) only on these steps, ODE elsewhere")
+    shared_noise: bool = _field(False, "the G samples of a prompt share their initial noise")
+    grouping: str = _field("per_step", "timestep grouping strategy (see genrl.algorithms.grouping)")
+    grouping_options: dict = _field({}, "options of the grouping strategy, e.g. {sizes: [2, 3, 4, 7]}")
+    unit_fraction: float = _field(1.0, "fraction of each trajectory's units trained per update")
+    unit_weighting: str = _field("uniform", "how units are drawn when unit_fraction < 1", choices=("uniform", "l1", "softmax"))
+    advantage: str = _field("per_prompt", "sample grouping / advantage estimator (per_prompt, global_std, …)")
+    clip_range: float = _field(1e-4, "ε of the clipped ratio")
+    beta: float = _field(0.0, "KL weight to the reference policy")
+    logprob_reduce: str = _field("mean", "reduce the Gaussian log-density over latent elements", choices=("mean", "sum"))
+
+
+@dataclass
+class Config:
+    algorithm: str = _field("chunk_grpo", "flow_grpo | dance_grpo | chunk_grpo | a registered algorithm")
+    seed: int = _field(0, "seed of every random stream of the run")
+    run_dir: str | None = _field(None, "output directory (default runs/{algorithm}__{prompts}__{seed}__{time})")
+    device: str = _field("cpu", "torch device")
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "model adapter"})
+    reward: RewardConfig = field(default_factory=RewardConfig, metadata={"help": "reward"})
+    prompts: PromptsConfig = field(default_factory=PromptsConfig, metadata={"help": "prompt sets"})
+    sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"help": "rollout sampling"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "optimisation"})
+    log: LogConfig = field(default_factory=LogConfig, metadata={"help": "logging, samples, checkpoints"})
+    algorithms: dict = field(default_factory=dict, metadata={"help": "per-algorithm sections, by name"})
+
+    @property
+    def algo(self) -> AlgorithmOptions:
+        """The options of the selected algorithm."""
+        return self.algorithms[self.algorithm]
+
+    @property
+    def effective_shift(self) -> float:
+        return self.sampling.shift if self.sampling.shift is not None else self.algo.shift
+
+    def validate(self) -> None:
+        _check(self.train.group_size >= 2, "train.group_size", self.train.group_size, "an integer >= 2 (advantages need a group)")
+        _check(self.train.prompts_per_update >= 1, "train.prompts_per_update", self.train.prompts_per_update, "an integer >= 1")
+        _check(self.train.updates >= 0, "train.updates", self.train.updates, "an integer >= 0")
+        _check(self.sampling.num_steps >= 2, "sampling.num_steps", self.sampling.num_steps, "an integer >= 2")
+        _check(self.sampling.micro_batch >= 1, "sampling.micro_batch", self.sampling.micro_batch, "an integer >= 1")
+        _check(self.train.lr > 0, "train.lr", self.train.lr, "a positive float")
+        _check(
+            self.train.minibatches >= 1 and self.train.prompts_per_update % self.train.minibatches == 0,
+            "train.minibatches",
+            self.train.minibatches,
+            f"a divisor of train.prompts_per_update ({self.train.prompts_per_update}) so groups stay whole",
+        )
+        a = self.algo
+        key = self.algorithm
+        _check(0 < a.unit_fraction <= 1, f"{key}.unit_fraction", a.unit_fraction, "a float in (0, 1]")
+        _check(a.clip_range > 0, f"{key}.clip_range", a.clip_range, "a positive float")
+        _check(a.beta >= 0, f"{key}.beta", a.beta, "a float >= 0")
+        if a.sde_window is not None:
+            ok = len(a.sde_window) == 2 and all(isinstance(v, int) for v in a.sde_window)
+            start, size = (a.sde_window if ok else (0, 0))
+            ok = ok and size >= 1 and start >= 0 and start + size <= self.sampling.num_steps - 1
+            _check(ok, f"{key}.sde_window", a.sde_window,
+                   f"[start, size] with size >= 1 inside the first {self.sampling.num_steps - 1} steps")
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out.update(out.pop("algorithms"))
+        return out
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
+
+
+# --------------------------------------------------------------------------------------
+# dict / YAML -> dataclasses
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, t) for t in typing.get_args(tp))
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is not None:
+        return isinstance(value, origin)
+    return isinstance(value, tp)
+
+
+def _float_or_none(text: str) -> Any:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def fill(cls: type, data: Any, prefix: str, base: Any | None = None) -> Any:
+    """Build dataclass `cls` from a dict, starting from `base` (an instance) or the defaults."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    obj = base if base is not None else cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"unknown config key {path!r}; allowed keys here: {', '.join(sorted(fields))}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            setattr(obj, key, fill(tp, value, f"{path}.", getattr(obj, key)))
+            continue
+        if isinstance(value, str) and _matches(1.0, tp) and not _matches(value, tp):
+            value = _float_or_none(value)  # YAML 1.1 reads 1e-5 (no dot) as a string
+        if not _matches(value, tp):
+            raise ConfigError(f"{path}={value!r} has the wrong type: expected {_type_name(tp)}")
+        choices = fields[key].metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{path}={value!r} is not allowed: choose one of {', '.join(map(str, choices))}")
+        if tp is float or (typing.get_origin(tp) in (typing.Union, types.UnionType) and isinstance(value, int)
+                           and float in typing.get_args(tp)):
+            value = float(value)
+        setattr(obj, key, value)
+    return obj
+
+
+def from_dict(data: dict) -> Config:
+    """Validate and build a Config; algorithm sections are keyed by algorithm name."""
+    from genrl import algorithms
+
+    data = dict(data or {})
+    algorithm_names = set(algorithms.names())
+    sections = {k: data.pop(k) for k in list(data) if k in algorithm_names}
+    if "algorithms" in data:
+        raise ConfigError("put algorithm options under their name (e.g. 'chunk_grpo:'), not under 'algorithms:'")
+    cfg = fill(Config, data, "")
+    if cfg.algorithm not in algorithm_names:
+        raise ConfigError(f"algorithm={cfg.algorithm!r} is not allowed: choose one of {', '.join(sorted(algorithm_names))}")
+    for name in sorted(algorithm_names | set(sections)):
+        if name in sections or name == cfg.algorithm:
+            base = AlgorithmOptions(**algorithms.get(name).defaults)
+            cfg.algorithms[name] = fill(AlgorithmOptions, sections.get(name) or {}, f"{name}.", base)
+    cfg.validate()
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.updates=5` -> (['train', 'updates'], 5); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like dotted.key=value")
+    key, raw = text.split("=", 1)
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: cannot parse value {raw!r}: {err}") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = dict(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        node[path[-1]] = value
+    return data
+
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "shapeworld.yaml"
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        bundled = Path(__file__).parent / "configs" / f"{path}"
+        bundled_yaml = bundled.with_suffix(".yaml")
+        if bundled_yaml.is_file():
+            path = bundled_yaml
+        else:
+            raise ConfigError(f"config file {str(path)!r} not found (nor a bundled config of that name in {bundled.parent})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at top level")
+    return data
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """The default ShapeWorld config, or a YAML file (or bundled name), plus dotted overrides."""
+    data = load_yaml(path if path is not None else DEFAULT_CONFIG)
+    return from_dict(apply_overrides(data, overrides or []))
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every field, for `genrl train --help-config` and the README."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += describe(tp, f"{prefix}{f.name}.")
+        elif f.name != "algorithms":
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((f"{prefix}{f.name}", repr(default), f.metadata.get("help", "")))
+    return rows

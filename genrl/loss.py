@@ -1,0 +1,108 @@
+"""The GRPO objective over optimisation units (DESIGN.md §5).
+
+A unit u is a set of steps of one trajectory; its log-ratio ℓ_u combines the
+per-step log-ratios (mean: geometric-mean ratio, Chunk-GRPO eq. 7; sum), and
+
+    L = E_u[ max(−A·ρ_u, −A·clip(ρ_u, 1−ε, 1+ε)) ] + β·KL,   ρ_u = exp(ℓ_u),
+
+KL = mean over latent elements of (μ_θ − μ_ref)² / (2s²), averaged per unit like the ratio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torch import Tensor, nn
+
+from genrl import dynamics, keys
+from genrl.policy import mean_module
+
+
+def unit_reduce(values: Tensor, unit: Tensor, num_units: int, combine: str = "mean") -> Tensor:
+    """Combine per-step values [S] into per-unit values [U] (unit [S] in 0..U−1)."""
+    total = torch.zeros(num_units, dtype=values.dtype, device=values.device).index_add(0, unit, values)
+    if combine == "sum":
+        return total
+    if combine != "mean":
+        raise ValueError(f"combine must be 'mean' or 'sum', got {combine!r}")
+    count = torch.zeros(num_units, dtype=values.dtype, device=values.device).index_add(0, unit, torch.ones_like(values))
+    return total / count
+
+
+def clipped_surrogate(log_ratio: Tensor, advantage: Tensor, clip_range: float) -> tuple[Tensor, Tensor]:
+    """Per-unit PPO loss max(−A·ρ, −A·clip(ρ)) and whether the clip was active."""
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantage * ratio
+    clipped = -advantage * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
+    return torch.maximum(unclipped, clipped), (clipped > unclipped)
+
+
+class GRPOLoss(nn.Module):
+    """Clipped GRPO loss of a flat batch of steps [S] that carry their unit index and advantage.
+
+    Reads the stored action and old log-prob, re-runs the actor for the new
+    log-prob (and the reference for KL when β > 0), returns a TensorDict whose
+    `loss_*` entries are summed by the caller and whose other entries are
+    detached diagnostics.
+    """
+
+    @dataclass
+    class _AcceptedKeys:
+        action: str = keys.ACTION
+        log_prob: str = keys.LOG_PROB
+        advantage: str = keys.ADVANTAGE
+        unit: str = "unit"
+        loc: str = keys.LOC
+        scale: str = keys.SCALE
+
+    def __init__(self, actor, clip_range: float = 1e-4, beta: float = 0.0, combine: str = "mean", reference=None):
+        super().__init__()
+        self.actor = actor
+        self.clip_range = clip_range
+        self.beta = beta
+        self.combine = combine
+        self.reference = reference  # context manager factory giving the frozen base policy
+        self.tensor_keys = self._AcceptedKeys()
+
+    def set_keys(self, **kwargs) -> "GRPOLoss":
+        allowed = {f.name for f in fields(self._AcceptedKeys)}
+        for name, key in kwargs.items():
+            if name not in allowed:
+                raise ValueError(f"{name!r} is not a key of GRPOLoss; allowed: {sorted(allowed)}")
+            setattr(self.tensor_keys, name, key)
+        return self
+
+    def forward(self, td: TensorDictBase) -> TensorDict:
+        k = self.tensor_keys
+        dist = self.actor.get_dist(td)
+        new_log_prob = dist.log_prob(td.get(k.action))  # [S]
+        step_log_ratio = new_log_prob - td.get(k.log_prob)
+        unit = td.get(k.unit)
+        units, unit = torch.unique(unit, return_inverse=True)
+        num_units = len(units)
+        unit_log_ratio = unit_reduce(step_log_ratio, unit, num_units, self.combine)  # [U]
+        # every step of a unit carries its trajectory's advantage
+        advantage = torch.zeros(num_units, device=unit.device).scatter(0, unit, td.get(k.advantage).float())
+        policy_loss, clipped = clipped_surrogate(unit_log_ratio, advantage, self.clip_range)
+        out = {"loss_policy": policy_loss.mean()}
+        if self.beta > 0:
+            chain = mean_module(self.actor)
+            with torch.no_grad(), self.reference():
+                ref_td = chain(td.select(*chain.in_keys).clone(False))
+            step_kl = dynamics.kl_to_reference(dist.loc, ref_td.get(k.loc), dist.scale)
+            kl = unit_reduce(step_kl, unit, num_units, "mean")
+            out["loss_kl"] = self.beta * kl.mean()
+            out["kl"] = kl.mean().detach()
+        ratio = torch.exp(unit_log_ratio.detach())
+        out.update(
+            ratio_mean=ratio.mean(),
+            ratio_min=ratio.min(),
+            ratio_max=ratio.max(),
+            clip_frac=clipped.float().mean(),
+            # k3 estimator of KL(π_old ‖ π_θ) per unit: (ρ − 1) − log ρ ≥ 0
+            approx_kl=((ratio - 1) - unit_log_ratio.detach()).mean(),
+            num_units=torch.tensor(float(num_units)),
+        )
+        return TensorDict(out, batch_size=[])

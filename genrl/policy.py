@@ -1,0 +1,173 @@
+"""The denoising policy as a torchrl module chain (DESIGN.md §3).
+
+    VelocityModule   (latents, sigma, context)  -> velocity     v_θ with guidance
+    DynamicsHead     (latents, velocity, step)  -> loc, scale   μ_θ, s_k of the step's dynamics
+    ProbabilisticActor over StepGaussian        -> action, log_prob
+
+The model always runs in micro-batches of one fixed shape (the tail padded):
+row results then do not depend on the batch they came in, so re-evaluating a
+stored action with unchanged weights gives a ratio of exactly 1 at any batch
+size, where the references drift because kernels differ by batch shape.
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDict
+from tensordict.nn import InteractionType, TensorDictModule, TensorDictSequential
+from torch import Tensor, nn
+from torch.distributions import Distribution, constraints
+from torchrl.modules import ProbabilisticActor
+
+from genrl import dynamics, keys
+from genrl.models.base import ModelAdapter
+
+
+def fixed_shape_calls(fn, batch_size: int, micro_batch: int, *tensors):
+    """Run `fn(*rows)` on slices of exactly `micro_batch` rows, padding the last by repeating its final row."""
+    outputs = []
+    for start in range(0, batch_size, micro_batch):
+        stop = min(start + micro_batch, batch_size)
+        pad = micro_batch - (stop - start)
+        chunk = [t[start:stop] for t in tensors]
+        if pad:
+            chunk = [torch.cat([c, c[-1:].expand(pad, *c.shape[1:])]) for c in chunk]
+        out = fn(*chunk)
+        outputs.append(out[: stop - start] if pad else out)
+    return torch.cat(outputs)
+
+
+class VelocityModule(nn.Module):
+    """v_θ(x, σ, c) through the adapter, in fixed-shape micro-batches."""
+
+    def __init__(self, adapter: ModelAdapter, micro_batch: int = 16):
+        super().__init__()
+        self.adapter = adapter
+        self.micro_batch = micro_batch
+        self.calls = 0  # model evaluations of real rows, for NFE accounting
+
+    def forward(self, latents: Tensor, sigma: Tensor, context: TensorDict) -> Tensor:
+        n = latents.shape[0]
+        self.calls += n * self.adapter.nfe_per_velocity
+        flat = context.reshape(-1) if context.batch_dims > 1 else context
+        # TensorDict rows are padded with the tensors, keeping the call shape fixed.
+        items = [(k, v) for k, v in flat.items(include_nested=True, leaves_only=True)]
+        names = [k for k, _ in items]
+
+        def call(x, s, *cond_values):
+            cond = TensorDict(dict(zip(names, cond_values)), batch_size=[x.shape[0]])
+            return self.adapter.velocity(x, s, cond)
+
+        return fixed_shape_calls(
+            call, n, self.micro_batch, latents.reshape(n, *latents.shape[-len(self.adapter.latent_shape):]),
+            sigma.reshape(n), *[v for _, v in items]
+        )
+
+
+class DynamicsHead(nn.Module):
+    """(x_k, v, k) -> (μ, s): the step's SDE where `stochastic[k]`, the ODE step elsewhere."""
+
+    def __init__(self, sigmas: Tensor, stochastic: Tensor, kind: str, **params):
+        super().__init__()
+        if kind not in dynamics.MEAN_STD:
+            raise ValueError(f"unknown dynamics {kind!r}; choose one of {sorted(dynamics.MEAN_STD)}")
+        self.register_buffer("sigmas", sigmas.float())  # [K + 1]
+        self.register_buffer("stochastic", stochastic.bool())  # [K]
+        self.kind = kind
+        self.params = dict(params)
+        if kind == "flow_sde":
+            self.params.setdefault("sigma_1", float(sigmas[1]))
+
+    def forward(self, latents: Tensor, velocity: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
+        step = step.reshape(-1).long()
+        x, v = latents.float(), velocity.float()
+        sigma, sigma_next = self.sigmas[step], self.sigmas[step + 1]
+        sde_mean, sde_std = dynamics.MEAN_STD[self.kind](x, v, sigma, sigma_next, **self.params)
+        ode_mean, _ = dynamics.ode_mean_std(x, v, sigma, sigma_next)
+        stochastic = self.stochastic[step]
+        mask = stochastic.reshape(-1, *([1] * (x.dim() - 1)))
+        loc = torch.where(mask, sde_mean, ode_mean)
+        scale = torch.where(stochastic, sde_std, torch.zeros_like(sde_std))
+        return loc, scale
+
+
+class StepGaussian(Distribution):
+    """N(loc, scale² I) with one scale per sample and a log-density reduced over the latent (dynamics.gaussian_log_prob)."""
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.greater_than_eq(0)}
+    has_rsample = True
+
+    def __init__(self, loc: Tensor, scale: Tensor, reduce: str = "mean"):
+        self.loc, self.scale, self.reduce = loc, scale.reshape(loc.shape[0]), reduce
+        super().__init__(batch_shape=loc.shape[:1], event_shape=loc.shape[1:], validate_args=False)
+
+    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+        noise = torch.randn(tuple(sample_shape) + tuple(self.loc.shape), dtype=self.loc.dtype, device=self.loc.device)
+        return self.loc + self.scale.reshape(-1, *([1] * (self.loc.dim() - 1))) * noise
+
+    @property
+    def mode(self) -> Tensor:
+        return self.loc
+
+    @property
+    def deterministic_sample(self) -> Tensor:
+        return self.loc
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return dynamics.gaussian_log_prob(value, self.loc, self.scale, self.reduce)
+
+
+def stochastic_steps(num_steps: int, sde_window: list | None = None) -> Tensor:
+    """[K] bool: steps sampled with the SDE. The last step (σ' = 0) is always deterministic."""
+    mask = torch.zeros(num_steps, dtype=torch.bool)
+    if sde_window is None:
+        mask[: num_steps - 1] = True
+    else:
+        start, size = sde_window
+        mask[start : start + size] = True
+    mask[num_steps - 1] = False
+    return mask
+
+
+def make_policy(
+    adapter: ModelAdapter,
+    sigmas: Tensor,
+    stochastic: Tensor,
+    kind: str = "flow_sde",
+    *,
+    micro_batch: int = 16,
+    logprob_reduce: str = "mean",
+    **dynamics_params,
+) -> ProbabilisticActor:
+    """The actor: writes loc, scale, action and log_prob into a TensorDict holding latents, sigma, step and context."""
+    velocity = TensorDictModule(
+        VelocityModule(adapter, micro_batch), in_keys=[keys.LATENTS, keys.SIGMA, keys.CONTEXT], out_keys=[keys.VELOCITY]
+    )
+    head = TensorDictModule(
+        DynamicsHead(sigmas, stochastic, kind, **dynamics_params),
+        in_keys=[keys.LATENTS, keys.VELOCITY, keys.STEP],
+        out_keys=[keys.LOC, keys.SCALE],
+    )
+    return ProbabilisticActor(
+        TensorDictSequential(velocity, head),
+        in_keys=[keys.LOC, keys.SCALE],
+        out_keys=[keys.ACTION],
+        distribution_class=StepGaussian,
+        distribution_kwargs={"reduce": logprob_reduce},
+        return_log_prob=True,
+        log_prob_key=keys.LOG_PROB,
+        default_interaction_type=InteractionType.RANDOM,
+    )
+
+
+def mean_module(policy: ProbabilisticActor) -> TensorDictSequential:
+    """The velocity → (loc, scale) chain of the actor, without sampling."""
+    return policy.module[0]
+
+
+def velocity_module(policy: ProbabilisticActor) -> VelocityModule:
+    return policy.module[0][0].module
+
+
+def dynamics_head(policy: ProbabilisticActor) -> DynamicsHead:
+    return policy.module[0][1].module

@@ -1,0 +1,299 @@
+"""The trainer shared by every algorithm: collect → reward → advantage → units → update → log → checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from tensordict import TensorDictBase
+
+from genrl import checkpoint, evaluation, keys
+from genrl.advantages import combine_rewards, compute_advantages, zero_std_fraction
+from genrl.build import Components, build
+from genrl.config import Config
+from genrl.grids import save_grid
+from genrl.policy import velocity_module
+from genrl.rewards import checked_call
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped itself (e.g. too many non-finite updates); its checkpoint and metrics are kept."""
+
+
+def default_run_dir(cfg: Config) -> Path:
+    """cleanrl-style run name: {algorithm}__{prompts}__{seed}__{time}."""
+    prompts = cfg.prompts.train.replace(":", "-").replace("/", "_")
+    return Path("runs") / f"{cfg.algorithm}__{prompts}__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def l1_rel(rollout: TensorDictBase) -> torch.Tensor:
+    """‖x_{k+1} − x_k‖₁ / ‖x_k‖₁ per trajectory and step, [N, K]: the temporal dynamics Chunk-GRPO groups by."""
+    x, x_next = rollout.get(keys.LATENTS), rollout.get(keys.ACTION)
+    dims = tuple(range(2, x.dim()))
+    return (x_next - x).abs().sum(dims) / x.abs().sum(dims).clamp(min=1e-12)
+
+
+@dataclass
+class Progress:
+    update: int = 0
+    nfe: int = 0
+    wall_s: float = 0.0
+    bad_in_a_row: int = 0
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: str | Path | None = None, components: Components | None = None):
+        self.cfg = cfg
+        self.parts = components or build(cfg)  # all input checked before anything is written
+        self.run_dir = Path(run_dir or cfg.run_dir or default_run_dir(cfg))
+        params = self.parts.adapter.trainable_parameters()
+        if not params:
+            raise ValueError(f"model {cfg.model.name!r} has no trainable parameters (check model.options.finetune)")
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.generator = torch.Generator().manual_seed(cfg.seed + 1)  # unit draws and minibatch order
+        self.progress = Progress()
+        self._stop_requested = False
+        torch.manual_seed(cfg.seed)  # the rollout's step noise
+
+    # -- one iteration ------------------------------------------------------------------
+    @torch.no_grad()
+    def collect(self) -> tuple[TensorDictBase, list[str], torch.Tensor]:
+        rollout = self.parts.env.rollout(policy=self.parts.policy)  # [N, K]
+        rollout.set(keys.L1_REL, l1_rel(rollout))
+        prompts = self.parts.env.prompts
+        images = self.parts.adapter.decode(rollout.get(keys.ACTION)[:, -1]).float()
+        return rollout, prompts, images
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, prompts: list[str], group_id: torch.Tensor) -> torch.Tensor:
+        reward = self.parts.reward
+        if hasattr(reward, "components"):
+            return combine_rewards(reward.components(images, prompts), reward.weights, group_id, self.cfg.reward.normalize)
+        return checked_call(reward, images, prompts, self.cfg.reward.name)
+
+    def optimise(self, rollout: TensorDictBase, advantages: torch.Tensor) -> dict:
+        """Minibatches of whole groups; per minibatch one optimizer step over all its units."""
+        units = self.parts.algorithm.units(rollout, self.progress.update, self.generator)
+        self.parts.loss.combine = units.combine
+        n = rollout.batch_size[0]
+        group_id = rollout.get(keys.GROUP_ID)[:, 0]
+        groups = torch.unique(group_id)
+        order = groups[torch.randperm(len(groups), generator=self.generator)]
+        stats: list[dict] = []
+        for mb_groups in order.chunk(self.cfg.train.minibatches):
+            rows = torch.isin(group_id, mb_groups).nonzero().flatten()
+            stats.append(self._minibatch_step(rollout, advantages, units.assignment, rows))
+        return _merge_stats(stats) | {"units_per_trajectory": units.units_per_trajectory}
+
+    def _minibatch_step(self, rollout, advantages, assignment, rows) -> dict:
+        row_idx, step_idx = (assignment[rows] >= 0).nonzero(as_tuple=True)
+        traj = rows[row_idx]
+        unit = traj * assignment.shape[1] + assignment[traj, step_idx]  # globally unique unit id
+        steps = rollout[traj, step_idx]
+        steps.set(keys.ADVANTAGE, advantages[traj])
+        steps.set("unit", unit)
+        unit_ids = torch.unique(unit)
+        # Whole units per backward pass (a chunk's ratio needs all its steps), about micro_batch steps each.
+        batches, current, size = [], [], 0
+        for u in unit_ids.tolist():
+            count = int((unit == u).sum())
+            if current and size + count > self.cfg.sampling.micro_batch:
+                batches.append(current)
+                current, size = [], 0
+            current.append(u)
+            size += count
+        batches.append(current)
+        self.optimizer.zero_grad(set_to_none=True)
+        parts = []
+        for batch in batches:
+            mask = torch.isin(unit, torch.tensor(batch))
+            out = self.parts.loss(steps[mask])
+            total = sum(v for k, v in out.items() if k.startswith("loss_"))
+            (total * len(batch) / len(unit_ids)).backward()
+            parts.append({k: float(v.detach()) for k, v in out.items()} | {"weight": len(batch)})
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.cfg.train.max_grad_norm)
+        stats = _merge_stats(parts, weight_key="weight")
+        if math.isfinite(float(grad_norm)) and all(math.isfinite(v) for v in stats.values()):
+            self.optimizer.step()
+            stats["skipped"] = 0.0
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            stats["skipped"] = 1.0
+        stats["grad_norm"] = float(grad_norm)
+        return stats
+
+    def iteration(self) -> dict:
+        start = time.perf_counter()
+        calls = velocity_module(self.parts.policy)
+        calls.calls = 0
+        rollout, prompts, images = self.collect()
+        group_id = rollout.get(keys.GROUP_ID)[:, 0]
+        rewards = self.score(images, prompts, group_id)
+        advantages = compute_advantages(rewards, group_id, self.cfg.algo.advantage, self.cfg.train.adv_clip)
+        stats = self.optimise(rollout, advantages)
+        self.progress.update += 1
+        self.progress.nfe += calls.calls
+        self.progress.wall_s += time.perf_counter() - start
+        metrics = {
+            "update": self.progress.update,
+            "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std(unbiased=False)),
+            "adv_std": float(advantages.std(unbiased=False)),
+            "zero_std_frac": zero_std_fraction(rewards, group_id),
+            **stats,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "nfe": self.progress.nfe,
+            "wall_s": round(self.progress.wall_s, 3),
+            "l1_rel": [round(v, 5) for v in rollout.get(keys.L1_REL).mean(0).tolist()],
+        }
+        self._last_samples = (images, prompts)
+        return metrics
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self) -> dict:
+        """Train for cfg.train.updates; returns the summary (also written to RUN_DIR/summary.json)."""
+        self._prepare_run_dir()
+        log = self.cfg.log
+        summary: dict = {"run_dir": str(self.run_dir), "algorithm": self.cfg.algorithm, "seed": self.cfg.seed}
+        if log.eval_at_start and self.progress.update == 0 and not (self.run_dir / "eval" / "base.json").exists():
+            summary["base_eval"] = self.evaluate("base")
+        bar = _progress_bar(self.cfg.train.updates, self.progress.update, log.progress)
+        previous = signal.signal(signal.SIGINT, self._request_stop)
+        try:
+            while self.progress.update < self.cfg.train.updates and not self._stop_requested:
+                metrics = self.iteration()
+                u = self.progress.update
+                if log.eval_every and u % log.eval_every == 0 and u < self.cfg.train.updates:
+                    metrics["eval_score"] = self.evaluate(f"update_{u:06d}")["score"]
+                self._append_metrics(metrics)
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['approx_kl']:.1e}",
+                                clip=f"{metrics['clip_frac']:.2f}", nfe=metrics["nfe"])
+                if log.sample_every and u % log.sample_every == 0:
+                    save_grid(*self._last_samples, self.run_dir / "samples" / f"update_{u:06d}.png", columns=self.cfg.train.group_size)
+                self._check_bad_updates(metrics)
+                if u % log.checkpoint_every == 0 or u == self.cfg.train.updates or self._stop_requested:
+                    self.save_checkpoint()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            bar.close()
+        if self._stop_requested:
+            self.save_checkpoint()
+            summary["interrupted_at"] = self.progress.update
+            return summary
+        summary["final_eval"] = self.evaluate("final")
+        summary.update(updates=self.progress.update, nfe=self.progress.nfe, wall_s=round(self.progress.wall_s, 1))
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def evaluate(self, tag: str) -> dict:
+        c = self.cfg
+        result, images, prompts = evaluation.evaluate(
+            self.parts.adapter, self.parts.eval_prompts, c.log.eval_seeds, c.sampling.eval_steps,
+            c.effective_shift, c.sampling.micro_batch, self.parts.reward,
+        )
+        out = self.run_dir / "eval"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{tag}.json").write_text(json.dumps(result, indent=2))
+        save_grid(images, prompts, out / f"{tag}.png", columns=c.log.eval_seeds * 2)
+        return result
+
+    def _check_bad_updates(self, metrics: dict) -> None:
+        self.progress.bad_in_a_row = self.progress.bad_in_a_row + 1 if metrics["skipped"] > 0 else 0
+        if self.progress.bad_in_a_row >= self.cfg.train.max_bad_updates:
+            self.save_checkpoint()
+            raise TrainingStopped(
+                f"{self.progress.bad_in_a_row} updates in a row had a non-finite loss or gradient "
+                f"(train.max_bad_updates={self.cfg.train.max_bad_updates}); lower train.lr or check the reward. "
+                f"Metrics and the last checkpoint are in {self.run_dir}"
+            )
+
+    def _request_stop(self, signum, frame) -> None:
+        self._stop_requested = True  # finish the update in flight, checkpoint, exit cleanly
+
+    def _prepare_run_dir(self) -> None:
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.run_dir / ".write_test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as err:
+            raise OSError(f"run directory {str(self.run_dir)!r} is not writable: {err.strerror}") from None
+        config_path = self.run_dir / "config.yaml"
+        if not config_path.exists():
+            config_path.write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+
+    def _append_metrics(self, metrics: dict) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        state = {
+            "update": self.progress.update,
+            "progress": self.progress.__dict__.copy(),
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "generator": self.generator.get_state(),
+            "env_rng": self.parts.env.rng.get_state(),
+            "prompt_sampler": self.parts.env.sampler.state_dict(),
+        }
+        return checkpoint.save(self.run_dir, self.progress.update, self.parts.adapter.trainable_state_dict(), state)
+
+    def load_checkpoint(self, path: str | Path | None = None) -> None:
+        trainable, state = checkpoint.load(path or checkpoint.latest(self.run_dir))
+        self.parts.adapter.load_trainable_state_dict(trainable)
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        self.generator.set_state(state["generator"])
+        self.parts.env.rng.set_state(state["env_rng"])
+        self.parts.env.sampler.load_state_dict(state["prompt_sampler"])
+        self.progress = Progress(**state["progress"])
+        _truncate_metrics(self.run_dir / "metrics.jsonl", self.progress.update)
+
+
+def _truncate_metrics(path: Path, update: int) -> None:
+    """Drop metric lines written after the checkpoint, so a resumed run's log equals an uninterrupted one."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["update"] <= update]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _merge_stats(stats: list[dict], weight_key: str | None = None) -> dict:
+    """Weighted mean of each diagnostic; min/max for ratio_min / ratio_max; sums for counters."""
+    if not stats:
+        return {}
+    weights = [s.get(weight_key, 1.0) if weight_key else s.get("num_units", 1.0) for s in stats]
+    total = sum(weights) or 1.0
+    merged = {}
+    for key in stats[0]:
+        if key in (weight_key, "units_per_trajectory"):
+            continue
+        values = [s[key] for s in stats if key in s]
+        if key == "ratio_min":
+            merged[key] = min(values)
+        elif key == "ratio_max":
+            merged[key] = max(values)
+        elif key in ("num_units", "skipped"):
+            merged[key] = sum(values)
+        else:
+            merged[key] = sum(v * w for v, w in zip(values, weights)) / total
+    return merged
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="update", dynamic_ncols=True)
+
+
+def train(cfg: Config, run_dir: str | Path | None = None) -> dict:
+    return Trainer(cfg, run_dir).run()
