@@ -72,6 +72,7 @@ class TrainConfig:
     weight_decay: float = _field(1e-4, "AdamW weight decay")
     max_grad_norm: float = _field(1.0, "gradient-norm clip")
     adv_clip: float = _field(5.0, "advantages are clamped to ±adv_clip")
+    nfe_budget: int | None = _field(None, "stop once this many model evaluations (rollout + training; CFG counts 2) are spent")
     max_bad_updates: int = _field(3, "stop after this many consecutive updates with a non-finite loss or gradient")
 
 
@@ -240,8 +241,11 @@ def from_dict(data: dict) -> Config:
         raise ConfigError(f"algorithm={cfg.algorithm!r} is not allowed: choose one of {', '.join(sorted(algorithm_names))}")
     for name in sorted(algorithm_names | set(sections)):
         if name in sections or name == cfg.algorithm:
-            base = AlgorithmOptions(**algorithms.get(name).defaults)
-            cfg.algorithms[name] = fill(AlgorithmOptions, sections.get(name) or {}, f"{name}.", base)
+            section = dict(sections.get(name) or {})
+            defaults = dict(algorithms.get(name).defaults)
+            if "grouping" in section and "grouping_options" not in section:
+                defaults.pop("grouping_options", None)  # the default options belong to the default strategy
+            cfg.algorithms[name] = fill(AlgorithmOptions, section, f"{name}.", AlgorithmOptions(**defaults))
     cfg.validate()
     return cfg
 

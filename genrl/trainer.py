@@ -32,6 +32,15 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.algorithm}__{prompts}__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def peak_memory_mb(device: str) -> float:
+    """Peak accelerator memory (CUDA) or peak resident memory of the process (CPU), in MiB."""
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
+
+
 def l1_rel(rollout: TensorDictBase) -> torch.Tensor:
     """‖x_{k+1} − x_k‖₁ / ‖x_k‖₁ per trajectory and step, [N, K]: the temporal dynamics Chunk-GRPO groups by."""
     x, x_next = rollout.get(keys.LATENTS), rollout.get(keys.ACTION)
@@ -150,6 +159,8 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "nfe": self.progress.nfe,
             "wall_s": round(self.progress.wall_s, 3),
+            "images_per_s": round(rollout.batch_size[0] / (time.perf_counter() - start), 3),
+            "peak_mem_mb": peak_memory_mb(self.cfg.device),
             "l1_rel": [round(v, 5) for v in rollout.get(keys.L1_REL).mean(0).tolist()],
         }
         self._last_samples = (images, prompts)
@@ -166,10 +177,10 @@ class Trainer:
         bar = _progress_bar(self.cfg.train.updates, self.progress.update, log.progress)
         previous = signal.signal(signal.SIGINT, self._request_stop)
         try:
-            while self.progress.update < self.cfg.train.updates and not self._stop_requested:
+            while not self._budget_spent() and not self._stop_requested:
                 metrics = self.iteration()
                 u = self.progress.update
-                if log.eval_every and u % log.eval_every == 0 and u < self.cfg.train.updates:
+                if log.eval_every and u % log.eval_every == 0 and not self._budget_spent():
                     metrics["eval_score"] = self.evaluate(f"update_{u:06d}")["score"]
                 self._append_metrics(metrics)
                 bar.update(1)
@@ -178,7 +189,7 @@ class Trainer:
                 if log.sample_every and u % log.sample_every == 0:
                     save_grid(*self._last_samples, self.run_dir / "samples" / f"update_{u:06d}.png", columns=self.cfg.train.group_size)
                 self._check_bad_updates(metrics)
-                if u % log.checkpoint_every == 0 or u == self.cfg.train.updates or self._stop_requested:
+                if u % log.checkpoint_every == 0 or self._budget_spent() or self._stop_requested:
                     self.save_checkpoint()
         finally:
             signal.signal(signal.SIGINT, previous)
@@ -191,6 +202,10 @@ class Trainer:
         summary.update(updates=self.progress.update, nfe=self.progress.nfe, wall_s=round(self.progress.wall_s, 1))
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+    def _budget_spent(self) -> bool:
+        budget = self.cfg.train.nfe_budget
+        return self.progress.update >= self.cfg.train.updates or (budget is not None and self.progress.nfe >= budget)
 
     def evaluate(self, tag: str) -> dict:
         c = self.cfg
