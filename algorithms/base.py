@@ -10,9 +10,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from tensordict import TensorDictBase
-
-from genrl import keys
 from genrl.algorithms import grouping
 from genrl.config import AlgorithmOptions
 from genrl.policy import stochastic_steps
@@ -37,9 +34,9 @@ class Algorithm:
         name = "eta" if self.options.dynamics == "dance_sde" else "a"
         return {name: self.options.noise_level}
 
-    def units(self, rollout: TensorDictBase, update: int, generator: torch.Generator) -> grouping.Units:
-        """Timestep grouping of this update, then the draw of a fraction of units per trajectory."""
-        l1_rel = rollout.get(keys.L1_REL)
+    def units(self, l1_rel: torch.Tensor, update: int, generator: torch.Generator) -> grouping.Units:
+        """Timestep grouping of this update ([N, K] L1rel of the whole batch), then the draw of a
+        fraction of units per trajectory."""
         ctx = grouping.GroupingContext(self.stochastic_steps(), l1_rel, update, generator)
         units = self.strategy(ctx, **self.options.grouping_options)
         o = self.options

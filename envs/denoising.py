@@ -23,7 +23,7 @@ from genrl import keys
 from genrl.models.base import ModelAdapter
 from genrl.rewards import checked_call
 
-_TRAJECTORY_IDS = (keys.GROUP_ID, keys.NOISE_SEED, keys.PROMPT_INDEX)
+_TRAJECTORY_IDS = (keys.GROUP_ID, keys.NOISE_SEED, keys.STEP_SEED, keys.PROMPT_INDEX)
 
 
 class PromptSampler:
@@ -70,9 +70,17 @@ class DenoisingEnv(EnvBase):
         reward: Callable | None = None,
         seed: int = 0,
         device: str | torch.device = "cpu",
+        shard: tuple[int, int] = (0, 1),
     ):
         sampler = prompts if isinstance(prompts, PromptSampler) else PromptSampler(prompts, prompts_per_batch, seed)
-        n = sampler.per_batch * group_size
+        rank, world = shard
+        if sampler.per_batch % world:
+            raise ValueError(
+                f"{sampler.per_batch} prompts per batch cannot be split whole over {world} processes: "
+                "make train.prompts_per_update a multiple of the number of processes"
+            )
+        self.shard = (rank, world)
+        n = sampler.per_batch * group_size // world  # this process's trajectories
         super().__init__(device=device, batch_size=torch.Size([n]))
         self.adapter = adapter
         self.sampler = sampler
@@ -119,25 +127,37 @@ class DenoisingEnv(EnvBase):
 
     # -- MDP -------------------------------------------------------------------------
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
-        n, g = self.batch_size[0], self.group_size
-        prompt_idx = torch.tensor(self.sampler.next_batch(), dtype=torch.int64)  # [N / G]
-        self.batch_prompts = [self.sampler.prompts[i] for i in prompt_idx.repeat_interleave(g).tolist()]
-        with torch.no_grad():
-            cond = self.adapter.encode([self.sampler.prompts[i] for i in prompt_idx.tolist()])  # once per prompt
-        cond = cond.to(self.device)[torch.arange(len(prompt_idx)).repeat_interleave(g)]  # once per trajectory
-        seeds = torch.randint(0, 2**62, (n // g if self.shared_noise else n,), generator=self.rng)
+        # Every process draws the whole global batch from identical generators and keeps its
+        # slice of whole groups: the sampled trajectories do not depend on the process layout.
+        g = self.group_size
+        rank, world = self.shard
+        num_prompts = self.sampler.per_batch
+        n_global = num_prompts * g
+        prompt_idx = torch.tensor(self.sampler.next_batch(), dtype=torch.int64)  # [P]
+        seeds = torch.randint(0, 2**62, (num_prompts if self.shared_noise else n_global,), generator=self.rng)
         if self.shared_noise:
             seeds = seeds.repeat_interleave(g)
-        latents = initial_noise(seeds, self.adapter.latent_shape).to(self.device)
+        # The step noise of a trajectory comes from its own seed, so it does not depend on
+        # the batch or process a trajectory is sampled in.
+        step_seeds = torch.randint(0, 2**62, (n_global,), generator=self.rng)
+        n = n_global // world
+        rows = slice(rank * n, (rank + 1) * n)
+        local_prompts = prompt_idx[rank * num_prompts // world : (rank + 1) * num_prompts // world]
+        self.batch_prompts = [self.sampler.prompts[i] for i in local_prompts.repeat_interleave(g).tolist()]
+        with torch.no_grad():
+            cond = self.adapter.encode([self.sampler.prompts[i] for i in local_prompts.tolist()])  # once per prompt
+        cond = cond.to(self.device)[torch.arange(len(local_prompts)).repeat_interleave(g)]  # once per trajectory
+        latents = initial_noise(seeds[rows], self.adapter.latent_shape).to(self.device)
         return TensorDict(
             {
                 keys.LATENTS: latents,
                 keys.STEP: torch.zeros(n, dtype=torch.int64, device=self.device),
                 keys.SIGMA: self.sigmas[0].expand(n).clone(),
                 keys.CONTEXT: cond,
-                keys.GROUP_ID: torch.arange(n // g, device=self.device).repeat_interleave(g),
-                keys.NOISE_SEED: seeds.to(self.device),
-                keys.PROMPT_INDEX: prompt_idx.repeat_interleave(g).to(self.device),
+                keys.GROUP_ID: torch.arange(num_prompts).repeat_interleave(g)[rows].to(self.device),
+                keys.NOISE_SEED: seeds[rows].to(self.device),
+                keys.STEP_SEED: step_seeds[rows].to(self.device),
+                keys.PROMPT_INDEX: prompt_idx.repeat_interleave(g)[rows].to(self.device),
                 keys.DONE: torch.zeros(n, 1, dtype=torch.bool, device=self.device),
                 keys.TERMINATED: torch.zeros(n, 1, dtype=torch.bool, device=self.device),
             },

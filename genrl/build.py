@@ -79,7 +79,7 @@ def build_reward(cfg: Config):
         raise ConfigError(f"reward.options {cfg.reward.options!r} rejected by {cfg.reward.name!r}: {err}") from None
 
 
-def build(cfg: Config, adapter: ModelAdapter | None = None, reward=None) -> Components:
+def build(cfg: Config, adapter: ModelAdapter | None = None, reward=None, shard: tuple[int, int] = (0, 1)) -> Components:
     """Everything a run needs, built and checked before anything is written to disk."""
     algorithm = build_algorithm(cfg)
     train_prompts = load_prompts(cfg.prompts.train)
@@ -96,6 +96,7 @@ def build(cfg: Config, adapter: ModelAdapter | None = None, reward=None) -> Comp
         shared_noise=o.shared_noise,
         seed=cfg.seed,
         device=cfg.device,
+        shard=shard,
     )
     policy = make_policy(
         adapter,

@@ -29,6 +29,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         for key, default, help_text in config.describe(config.AlgorithmOptions):
             print(f"  {key:30s} {default:24s} {help_text}")
         return 0
+    if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:
+        return _relaunch_with_accelerate(args)
     path, overrides = _split_config_and_overrides(args.items)
     if args.resume:
         from genrl.resume import resume_config
@@ -42,6 +44,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = trainer.run()
     _print_summary(summary)
     return 130 if "interrupted_at" in summary else 0
+
+
+def _relaunch_with_accelerate(args: argparse.Namespace) -> int:
+    """`genrl train --num-processes N ...` = `accelerate launch --num_processes N -m genrl train ...`.
+
+    Without an accelerate config, processes run on CPU (gloo) unless `device=cuda` is given.
+    """
+    import subprocess
+
+    on_gpu = any(item.startswith("device=cuda") for item in args.items)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.num_processes)]
+    command += ["--multi_gpu"] if on_gpu else ["--cpu"]
+    command += ["-m", "genrl", "train", *args.items] + (["--resume", args.resume] if args.resume else [])
+    return subprocess.call(command)
 
 
 def _print_summary(summary: dict) -> None:
@@ -142,6 +158,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("items", nargs="*", help="optional config file (or bundled name), then dotted.key=value overrides")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its latest checkpoint")
     p.add_argument("--help-config", action="store_true", help="list every config key with its default and help")
+    p.add_argument("--num-processes", type=int, default=1, metavar="N",
+                   help="data-parallel processes through accelerate launch (CPU: gloo; add device=cuda for GPUs)")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run (or the base model) on held-out prompts")

@@ -28,6 +28,7 @@ TERMINATED = "terminated"
 CONTEXT = "context"  # nested: the adapter's conditioning (prompt_embeds, ...)
 GROUP_ID = "group_id"  # index of the prompt group               [N]
 NOISE_SEED = "noise_seed"  # seed of the initial noise          [N]
+STEP_SEED = "step_seed"  # seed of the per-step sampling noise   [N]
 PROMPT_INDEX = "prompt_index"  # position in env.prompts         [N]
 
 # --- after reward and advantage ---------------------------------------------------

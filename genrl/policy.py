@@ -97,12 +97,16 @@ class StepGaussian(Distribution):
     arg_constraints = {"loc": constraints.real, "scale": constraints.greater_than_eq(0)}
     has_rsample = True
 
-    def __init__(self, loc: Tensor, scale: Tensor, reduce: str = "mean"):
+    def __init__(self, loc: Tensor, scale: Tensor, seed: Tensor | None = None, step: Tensor | None = None, reduce: str = "mean"):
         self.loc, self.scale, self.reduce = loc, scale.reshape(loc.shape[0]), reduce
+        self.seed, self.step = seed, step
         super().__init__(batch_shape=loc.shape[:1], event_shape=loc.shape[1:], validate_args=False)
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
-        noise = torch.randn(tuple(sample_shape) + tuple(self.loc.shape), dtype=self.loc.dtype, device=self.loc.device)
+        if sample_shape or self.seed is None:
+            noise = torch.randn(tuple(sample_shape) + tuple(self.loc.shape), dtype=self.loc.dtype, device=self.loc.device)
+        else:
+            noise = step_noise(self.seed.reshape(-1), self.step.reshape(-1), self.loc.shape[1:], self.loc.device)
         return self.loc + self.scale.reshape(-1, *([1] * (self.loc.dim() - 1))) * noise
 
     @property
@@ -115,6 +119,15 @@ class StepGaussian(Distribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         return dynamics.gaussian_log_prob(value, self.loc, self.scale, self.reduce)
+
+
+def step_noise(seeds: Tensor, steps: Tensor, shape: torch.Size, device: torch.device) -> Tensor:
+    """ε ~ N(0, I) per row from a generator keyed by (trajectory seed, step): layout-independent sampling."""
+    rows = []
+    for seed, step in zip(seeds.tolist(), steps.tolist()):
+        generator = torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) % 2**63)
+        rows.append(torch.randn(tuple(shape), generator=generator, device=device))
+    return torch.stack(rows)
 
 
 def stochastic_steps(num_steps: int, sde_window: list | None = None) -> Tensor:
@@ -150,7 +163,7 @@ def make_policy(
     )
     return ProbabilisticActor(
         TensorDictSequential(velocity, head),
-        in_keys=[keys.LOC, keys.SCALE],
+        in_keys={"loc": keys.LOC, "scale": keys.SCALE, "seed": keys.STEP_SEED, "step": keys.STEP},
         out_keys=[keys.ACTION],
         distribution_class=StepGaussian,
         distribution_kwargs={"reduce": logprob_reduce},

@@ -17,6 +17,7 @@ from genrl import checkpoint, evaluation, keys
 from genrl.advantages import combine_rewards, compute_advantages, zero_std_fraction
 from genrl.build import Components, build
 from genrl.config import Config
+from genrl.distributed import Dist
 from genrl.grids import save_grid
 from genrl.policy import velocity_module
 from genrl.rewards import checked_call
@@ -59,7 +60,11 @@ class Progress:
 class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path | None = None, components: Components | None = None):
         self.cfg = cfg
-        self.parts = components or build(cfg)  # all input checked before anything is written
+        self.dist = Dist(cfg.device)
+        if str(cfg.device).startswith("cuda"):
+            cfg.device = str(self.dist.device)
+        shard = (self.dist.rank, self.dist.world)
+        self.parts = components or build(cfg, shard=shard)  # all input checked before anything is written
         self.run_dir = Path(run_dir or cfg.run_dir or default_run_dir(cfg))
         params = self.parts.adapter.trainable_parameters()
         if not params:
@@ -67,6 +72,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)  # unit draws and minibatch order
         self.progress = Progress()
+        self.monitor = StabilityMonitor(cfg)
         self._stop_requested = False
         torch.manual_seed(cfg.seed)  # the rollout's step noise
 
@@ -86,55 +92,52 @@ class Trainer:
             return combine_rewards(reward.components(images, prompts), reward.weights, group_id, self.cfg.reward.normalize)
         return checked_call(reward, images, prompts, self.cfg.reward.name)
 
-    def optimise(self, rollout: TensorDictBase, advantages: torch.Tensor) -> dict:
-        """Minibatches of whole groups; per minibatch one optimizer step over all its units."""
-        units = self.parts.algorithm.units(rollout, self.progress.update, self.generator)
+    def optimise(self, rollout: TensorDictBase, advantages: torch.Tensor, group_id: torch.Tensor) -> dict:
+        """Minibatches of whole groups; per minibatch one optimizer step over all its units.
+
+        Units and the minibatch order are drawn on the global batch (identical on every
+        process); each process optimises its own rows of them.
+        """
+        lo, n = self.dist.rank * rollout.batch_size[0], rollout.batch_size[0]
+        units = self.parts.algorithm.units(self.dist.gather(rollout.get(keys.L1_REL)), self.progress.update, self.generator)
         self.parts.loss.combine = units.combine
-        n = rollout.batch_size[0]
-        group_id = rollout.get(keys.GROUP_ID)[:, 0]
+        assignment = units.assignment[lo : lo + n]  # [n, K], this process's trajectories
+        local_groups = group_id[lo : lo + n]
         groups = torch.unique(group_id)
         order = groups[torch.randperm(len(groups), generator=self.generator)]
         stats: list[dict] = []
         for mb_groups in order.chunk(self.cfg.train.minibatches):
-            rows = torch.isin(group_id, mb_groups).nonzero().flatten()
-            stats.append(self._minibatch_step(rollout, advantages, units.assignment, rows))
+            rows = torch.isin(local_groups, mb_groups).nonzero().flatten()
+            stats.append(self._minibatch_step(rollout, advantages, assignment, rows))
         return _merge_stats(stats) | {"units_per_trajectory": units.units_per_trajectory}
 
     def _minibatch_step(self, rollout, advantages, assignment, rows) -> dict:
         row_idx, step_idx = (assignment[rows] >= 0).nonzero(as_tuple=True)
         traj = rows[row_idx]
-        unit = traj * assignment.shape[1] + assignment[traj, step_idx]  # globally unique unit id
+        unit = traj * assignment.shape[1] + assignment[traj, step_idx]  # unit id, unique within the batch
         steps = rollout[traj, step_idx]
         steps.set(keys.ADVANTAGE, advantages[traj])
         steps.set("unit", unit)
         unit_ids = torch.unique(unit)
-        # Whole units per backward pass (a chunk's ratio needs all its steps), about micro_batch steps each.
-        batches, current, size = [], [], 0
-        for u in unit_ids.tolist():
-            count = int((unit == u).sum())
-            if current and size + count > self.cfg.sampling.micro_batch:
-                batches.append(current)
-                current, size = [], 0
-            current.append(u)
-            size += count
-        batches.append(current)
+        global_units = self.dist.sum(len(unit_ids))  # the loss is a mean over the units of all processes
         self.optimizer.zero_grad(set_to_none=True)
         parts = []
-        for batch in batches:
-            mask = torch.isin(unit, torch.tensor(batch))
-            out = self.parts.loss(steps[mask])
+        for batch in _unit_batches(unit, unit_ids, self.cfg.sampling.micro_batch):
+            out = self.parts.loss(steps[torch.isin(unit, batch)])
             total = sum(v for k, v in out.items() if k.startswith("loss_"))
-            (total * len(batch) / len(unit_ids)).backward()
+            (total * len(batch) / global_units).backward()
             parts.append({k: float(v.detach()) for k, v in out.items()} | {"weight": len(batch)})
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.cfg.train.max_grad_norm)
-        stats = _merge_stats(parts, weight_key="weight")
-        if math.isfinite(float(grad_norm)) and all(math.isfinite(v) for v in stats.values()):
+        params = self.optimizer.param_groups[0]["params"]
+        self.dist.sum_gradients(params)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.train.max_grad_norm))
+        stats = _merge_stats([s for rank in self.dist.gather_objects(parts) for s in rank], weight_key="weight")
+        if math.isfinite(grad_norm) and all(math.isfinite(v) for v in stats.values()):
             self.optimizer.step()
             stats["skipped"] = 0.0
-        else:
+        else:  # a non-finite loss or gradient: skip the update, the run goes on (see max_bad_updates)
             self.optimizer.zero_grad(set_to_none=True)
             stats["skipped"] = 1.0
-        stats["grad_norm"] = float(grad_norm)
+        stats["grad_norm"] = grad_norm
         return stats
 
     def iteration(self) -> dict:
@@ -142,26 +145,29 @@ class Trainer:
         calls = velocity_module(self.parts.policy)
         calls.calls = 0
         rollout, prompts, images = self.collect()
-        group_id = rollout.get(keys.GROUP_ID)[:, 0]
-        rewards = self.score(images, prompts, group_id)
-        advantages = compute_advantages(rewards, group_id, self.cfg.algo.advantage, self.cfg.train.adv_clip)
-        stats = self.optimise(rollout, advantages)
+        rewards = self.score(images, prompts, rollout.get(keys.GROUP_ID)[:, 0])
+        all_rewards = self.dist.gather(rewards)  # groups are whole on each process; gathered for global stats
+        group_id = self.dist.gather(rollout.get(keys.GROUP_ID)[:, 0])
+        advantages = compute_advantages(all_rewards, group_id, self.cfg.algo.advantage, self.cfg.train.adv_clip)
+        lo = self.dist.rank * rollout.batch_size[0]
+        stats = self.optimise(rollout, advantages[lo : lo + rollout.batch_size[0]], group_id)
         self.progress.update += 1
-        self.progress.nfe += calls.calls
-        self.progress.wall_s += time.perf_counter() - start
+        self.progress.nfe += int(self.dist.sum(calls.calls))
+        elapsed = time.perf_counter() - start
+        self.progress.wall_s += elapsed
         metrics = {
             "update": self.progress.update,
-            "reward_mean": float(rewards.mean()),
-            "reward_std": float(rewards.std(unbiased=False)),
+            "reward_mean": float(all_rewards.mean()),
+            "reward_std": float(all_rewards.std(unbiased=False)),
             "adv_std": float(advantages.std(unbiased=False)),
-            "zero_std_frac": zero_std_fraction(rewards, group_id),
+            "zero_std_frac": zero_std_fraction(all_rewards, group_id),
             **stats,
             "lr": self.optimizer.param_groups[0]["lr"],
             "nfe": self.progress.nfe,
             "wall_s": round(self.progress.wall_s, 3),
-            "images_per_s": round(rollout.batch_size[0] / (time.perf_counter() - start), 3),
+            "images_per_s": round(len(all_rewards) / elapsed, 3),
             "peak_mem_mb": peak_memory_mb(self.cfg.device),
-            "l1_rel": [round(v, 5) for v in rollout.get(keys.L1_REL).mean(0).tolist()],
+            "l1_rel": [round(v, 5) for v in self.dist.gather(rollout.get(keys.L1_REL)).mean(0).tolist()],
         }
         self._last_samples = (images, prompts)
         return metrics
@@ -169,12 +175,16 @@ class Trainer:
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> dict:
         """Train for cfg.train.updates; returns the summary (also written to RUN_DIR/summary.json)."""
-        self._prepare_run_dir()
         log = self.cfg.log
+        # decided before any process can write base.json, so every process agrees
+        base_eval = log.eval_at_start and self.progress.update == 0 and not (self.run_dir / "eval" / "base.json").exists()
+        if self.dist.is_main:
+            self._prepare_run_dir()
+        self.dist.barrier()
         summary: dict = {"run_dir": str(self.run_dir), "algorithm": self.cfg.algorithm, "seed": self.cfg.seed}
-        if log.eval_at_start and self.progress.update == 0 and not (self.run_dir / "eval" / "base.json").exists():
+        if base_eval:
             summary["base_eval"] = self.evaluate("base")
-        bar = _progress_bar(self.cfg.train.updates, self.progress.update, log.progress)
+        bar = _progress_bar(self.cfg.train.updates, self.progress.update, log.progress and self.dist.is_main)
         previous = signal.signal(signal.SIGINT, self._request_stop)
         try:
             while not self._budget_spent() and not self._stop_requested:
@@ -183,10 +193,12 @@ class Trainer:
                 if log.eval_every and u % log.eval_every == 0 and not self._budget_spent():
                     metrics["eval_score"] = self.evaluate(f"update_{u:06d}")["score"]
                 self._append_metrics(metrics)
+                for warning in self.monitor.check(metrics):
+                    bar.write(f"genrl: warning: {warning}")
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['approx_kl']:.1e}",
                                 clip=f"{metrics['clip_frac']:.2f}", nfe=metrics["nfe"])
-                if log.sample_every and u % log.sample_every == 0:
+                if log.sample_every and u % log.sample_every == 0 and self.dist.is_main:
                     save_grid(*self._last_samples, self.run_dir / "samples" / f"update_{u:06d}.png", columns=self.cfg.train.group_size)
                 self._check_bad_updates(metrics)
                 if u % log.checkpoint_every == 0 or self._budget_spent() or self._stop_requested:
@@ -200,7 +212,8 @@ class Trainer:
             return summary
         summary["final_eval"] = self.evaluate("final")
         summary.update(updates=self.progress.update, nfe=self.progress.nfe, wall_s=round(self.progress.wall_s, 1))
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if self.dist.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
     def _budget_spent(self) -> bool:
@@ -208,6 +221,10 @@ class Trainer:
         return self.progress.update >= self.cfg.train.updates or (budget is not None and self.progress.nfe >= budget)
 
     def evaluate(self, tag: str) -> dict:
+        """Held-out evaluation on the main process (deterministic: fixed prompts and seeds)."""
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return {"score": float("nan")}
         c = self.cfg
         result, images, prompts = evaluation.evaluate(
             self.parts.adapter, self.parts.eval_prompts, c.log.eval_seeds, c.sampling.eval_steps,
@@ -217,6 +234,7 @@ class Trainer:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{tag}.json").write_text(json.dumps(result, indent=2))
         save_grid(images, prompts, out / f"{tag}.png", columns=c.log.eval_seeds * 2)
+        self.dist.barrier()
         return result
 
     def _check_bad_updates(self, metrics: dict) -> None:
@@ -245,6 +263,8 @@ class Trainer:
             config_path.write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
 
     def _append_metrics(self, metrics: dict) -> None:
+        if not self.dist.is_main:
+            return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
 
@@ -259,7 +279,11 @@ class Trainer:
             "env_rng": self.parts.env.rng.get_state(),
             "prompt_sampler": self.parts.env.sampler.state_dict(),
         }
-        return checkpoint.save(self.run_dir, self.progress.update, self.parts.adapter.trainable_state_dict(), state)
+        path = self.run_dir / "checkpoints"
+        if self.dist.is_main:
+            path = checkpoint.save(self.run_dir, self.progress.update, self.parts.adapter.trainable_state_dict(), state)
+        self.dist.barrier()
+        return path
 
     def load_checkpoint(self, path: str | Path | None = None) -> None:
         trainable, state = checkpoint.load(path or checkpoint.latest(self.run_dir))
@@ -270,7 +294,9 @@ class Trainer:
         self.parts.env.rng.set_state(state["env_rng"])
         self.parts.env.sampler.load_state_dict(state["prompt_sampler"])
         self.progress = Progress(**state["progress"])
-        _truncate_metrics(self.run_dir / "metrics.jsonl", self.progress.update)
+        if self.dist.is_main:
+            _truncate_metrics(self.run_dir / "metrics.jsonl", self.progress.update)
+        self.dist.barrier()
 
 
 def _truncate_metrics(path: Path, update: int) -> None:
@@ -280,6 +306,42 @@ def _truncate_metrics(path: Path, update: int) -> None:
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     kept = [line for line in lines if json.loads(line)["update"] <= update]
     path.write_text("".join(line + "\n" for line in kept))
+
+
+def _unit_batches(unit: torch.Tensor, unit_ids: torch.Tensor, max_steps: int) -> list[torch.Tensor]:
+    """Whole units per backward pass (a chunk's ratio needs all its steps), about `max_steps` steps each."""
+    counts = torch.bincount(torch.searchsorted(unit_ids, unit), minlength=len(unit_ids)).tolist()
+    batches, current, size = [], [], 0
+    for u, count in zip(unit_ids.tolist(), counts):
+        if current and size + count > max_steps:
+            batches.append(torch.tensor(current))
+            current, size = [], 0
+        current.append(u)
+        size += count
+    if current:
+        batches.append(torch.tensor(current))
+    return batches
+
+
+class StabilityMonitor:
+    """Warns when clip fraction or approx KL stays out of a sane range: the usual sign of
+    reward hacking or a too-large learning rate."""
+
+    def __init__(self, cfg: Config):
+        self.limits = {"clip_frac": cfg.log.warn_clip_frac, "approx_kl": cfg.log.warn_approx_kl}
+        self.patience = cfg.log.warn_patience
+        self.streak = {k: 0 for k in self.limits}
+
+    def check(self, metrics: dict) -> list[str]:
+        warnings = []
+        for key, limit in self.limits.items():
+            self.streak[key] = self.streak[key] + 1 if metrics.get(key, 0.0) > limit else 0
+            if self.streak[key] == self.patience:
+                warnings.append(
+                    f"{key} has been above {limit} for {self.patience} updates (now {metrics[key]:.3g}): "
+                    "the learning rate may be too large or the reward is being hacked; look at the sample grids"
+                )
+        return warnings
 
 
 def _merge_stats(stats: list[dict], weight_key: str | None = None) -> dict:
