@@ -25,7 +25,9 @@ DONE = "done"
 TERMINATED = "terminated"
 
 # --- per trajectory (stored once) -------------------------------------------------
-CONTEXT = "context"  # nested: the adapter's conditioning (prompt_embeds, ...)
+CONTEXT = "context"  # nested: the adapter's conditioning, e.g.
+PROMPT_EMBEDS = "prompt_embeds"  # text-encoder sequence           [N, L, D]
+POOLED_EMBEDS = "pooled_embeds"  # pooled text embedding           [N, D]
 GROUP_ID = "group_id"  # index of the prompt group               [N]
 NOISE_SEED = "noise_seed"  # seed of the initial noise          [N]
 STEP_SEED = "step_seed"  # seed of the per-step sampling noise   [N]

@@ -26,7 +26,7 @@ from torch import Tensor
 from genrl.models import register
 from genrl.models.hub import MODEL, TOKENIZER
 from genrl.models.sd3 import DiffusersFlowModel
-from genrl.models.tiny import POOLED_EMBEDS, PROMPT_EMBEDS
+from genrl.keys import POOLED_EMBEDS, PROMPT_EMBEDS
 
 
 def pack_latents(x: Tensor) -> Tensor:

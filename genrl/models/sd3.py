@@ -29,7 +29,7 @@ from genrl.models import register
 from genrl.models.base import ModelAdapter
 from genrl.models.hub import MODEL, TOKENIZER, resolve_model_dir
 from genrl.models.lora import add_lora, lora_disabled, save_lora
-from genrl.models.tiny import POOLED_EMBEDS, PROMPT_EMBEDS
+from genrl.keys import POOLED_EMBEDS, PROMPT_EMBEDS
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 FINETUNE = ("lora", "full", "none")
