@@ -34,8 +34,12 @@ def save(run_dir: str | Path, update: int, trainable: dict[str, torch.Tensor], s
     root.mkdir(parents=True, exist_ok=True)
     name = f"update_{update:06d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
-    save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, tmp / "trainable.safetensors")
-    torch.save(state, tmp / "state.pt")
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, tmp / "trainable.safetensors")
+        torch.save(state, tmp / "state.pt")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoint stays the latest
+        raise
     final = root / name
     if final.exists():
         shutil.rmtree(final)
