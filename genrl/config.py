@@ -129,7 +129,15 @@ class Config:
 
     @property
     def effective_shift(self) -> float:
+        """sampling.shift, else the algorithm's default (models with their own shift: see `shift_for`)."""
         return self.sampling.shift if self.sampling.shift is not None else self.algo.shift
+
+    def shift_for(self, adapter) -> float:
+        """sampling.shift, else the model's own schedule shift (SD3: 3, FLUX: by resolution), else the algorithm's."""
+        if self.sampling.shift is not None:
+            return self.sampling.shift
+        model_shift = getattr(adapter, "sigma_shift", None)
+        return float(model_shift) if model_shift is not None else self.algo.shift
 
     def validate(self) -> None:
         _check(self.train.group_size >= 2, "train.group_size", self.train.group_size, "an integer >= 2 (advantages need a group)")

@@ -60,3 +60,13 @@ def test_round_trip_through_yaml(tmp_path):
     path.write_text(yaml.safe_dump(cfg.to_dict()))
     again = config.load(path)
     assert again.to_dict() == cfg.to_dict()
+
+
+def test_shift_comes_from_the_config_then_the_model_then_the_algorithm():
+    class WithShift:
+        sigma_shift = 3.0
+
+    flow = config.load(overrides=["algorithm=flow_grpo"])
+    assert flow.shift_for(object()) == 1.0  # the tiny model has no shift of its own
+    assert flow.shift_for(WithShift()) == 3.0  # SD3 / FLUX: the pipeline's shift
+    assert config.load(overrides=["sampling.shift=2"]).shift_for(WithShift()) == 2.0  # explicit wins
