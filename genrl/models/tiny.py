@@ -1,0 +1,312 @@
+"""`tiny`: the embedded ShapeWorld base model (DESIGN.md §7, §9).
+
+A small MMDiT (diffusers `SD3Transformer2DModel`) working directly in pixel
+space on 32×32 RGB images (patch 4 → 64 image tokens), conditioned by a tiny
+word-level text encoder (tiny_text.py). It was pretrained with rectified flow
+on rendered ShapeWorld scenes by `python -m genrl.models.tiny_pretrain`; the
+weights ship in genrl/assets/tiny (transformer.safetensors,
+text_encoder.safetensors, config.json).
+
+    model = genrl.models.load("tiny")                    # shipped weights, LoRA r=8
+    model = genrl.models.load("tiny", finetune="full")   # all transformer weights trained
+    model = genrl.models.load("tiny", pretrained=False, num_layers=1, attention_head_dim=8)  # tests
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from tensordict import TensorDict
+from torch import Tensor, nn
+
+from genrl.models import register
+from genrl.models.base import ModelAdapter
+from genrl.models.tiny_text import TinyTextEncoder, WordTokenizer
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "tiny"
+WEIGHT_FILES = ("config.json", "transformer.safetensors", "text_encoder.safetensors")
+DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+# Measured with tiny_pretrain --eval on the shipped weights (see config.json "eval"):
+# CFG doubles the cost of every step for a gain that does not pay for it here.
+DEFAULT_GUIDANCE = 1.0
+
+# Conditioning keys of this adapter (nested under keys.CONTEXT in rollouts).
+PROMPT_EMBEDS = "prompt_embeds"
+POOLED_EMBEDS = "pooled_embeds"
+
+
+@dataclass
+class TinyConfig:
+    """Sizes of the tiny model; stored as config.json["model"] next to the weights."""
+
+    vocabulary: list[str] = field(default_factory=list)  # words, in token-id order (id 0 = padding)
+    max_length: int = 12  # tokens per prompt
+    text_width: int = 64  # text encoder width = joint_attention_dim = pooled_projection_dim
+    text_layers: int = 2
+    text_heads: int = 4
+    num_layers: int = 4  # MMDiT blocks
+    num_attention_heads: int = 4
+    attention_head_dim: int = 32  # MMDiT width = heads × head dim
+    patch_size: int = 4  # 32/4 = 8×8 = 64 image tokens
+    sample_size: int = 32  # image side in pixels
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> "TinyConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown tiny model option(s) {unknown}; allowed: {sorted(known)}")
+        return cls(**d)
+
+
+def default_vocabulary() -> list[str]:
+    from genrl.shapeworld import VOCABULARY
+
+    return list(VOCABULARY)
+
+
+def build_text_encoder(cfg: TinyConfig) -> TinyTextEncoder:
+    return TinyTextEncoder(len(cfg.vocabulary) + 1, cfg.max_length, cfg.text_width, cfg.text_layers, cfg.text_heads)
+
+
+def build_transformer(cfg: TinyConfig) -> nn.Module:
+    from diffusers import SD3Transformer2DModel
+
+    inner = cfg.num_attention_heads * cfg.attention_head_dim
+    return SD3Transformer2DModel(
+        sample_size=cfg.sample_size,
+        patch_size=cfg.patch_size,
+        in_channels=3,
+        out_channels=3,
+        num_layers=cfg.num_layers,
+        attention_head_dim=cfg.attention_head_dim,
+        num_attention_heads=cfg.num_attention_heads,
+        joint_attention_dim=cfg.text_width,
+        caption_projection_dim=inner,
+        pooled_projection_dim=cfg.text_width,
+        pos_embed_max_size=cfg.sample_size // cfg.patch_size,
+    )
+
+
+# --- weights on disk ---------------------------------------------------------------
+
+
+def save_weights(directory: str | Path, cfg: TinyConfig, text_encoder: nn.Module, transformer: nn.Module, **extra) -> None:
+    """Write the three files into `directory`, replacing it as a whole (no half-written checkpoint)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    state = lambda m: {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}  # noqa: E731
+    save_file(state(transformer), str(tmp / "transformer.safetensors"))
+    save_file(state(text_encoder), str(tmp / "text_encoder.safetensors"))
+    (tmp / "config.json").write_text(json.dumps({"model": dataclasses.asdict(cfg), **extra}, indent=1) + "\n")
+    old = directory.with_name(f".{directory.name}-old")
+    if old.exists():
+        shutil.rmtree(old)
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+    os.chmod(directory, 0o755)  # mkdtemp makes it 0700; the files ship as package data
+    for f in WEIGHT_FILES:
+        os.chmod(directory / f, 0o644)
+
+
+def read_weights(directory: str | Path) -> tuple[TinyConfig, dict, dict[str, Tensor], dict[str, Tensor]]:
+    """(config, full config.json, text encoder state, transformer state); errors name the path."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    missing = [f for f in WEIGHT_FILES if not (directory / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"tiny model weights not found in {directory}: missing {missing} (expected files: {list(WEIGHT_FILES)}); "
+            "create them with `python -m genrl.models.tiny_pretrain --out DIR` or pass pretrained=False"
+        )
+    try:
+        meta = json.loads((directory / "config.json").read_text())
+        cfg = TinyConfig.from_dict(meta["model"], where=str(directory / "config.json"))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"corrupt tiny model config {directory / 'config.json'}: {e!r}") from e
+    states = []
+    for name in ("text_encoder.safetensors", "transformer.safetensors"):
+        try:
+            states.append(load_file(str(directory / name)))
+        except Exception as e:  # safetensors raises its own error types for truncated/garbled files
+            raise ValueError(f"corrupt tiny model weights {directory / name}: {e}") from e
+    return cfg, meta, states[0], states[1]
+
+
+def _load_state(module: nn.Module, state: dict[str, Tensor], path: Path) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"weights in {path} do not match the model described by its config.json: {e}") from e
+
+
+# --- the adapter ---------------------------------------------------------------------
+
+
+@register("tiny")
+class TinyShapeModel(ModelAdapter):
+    """ShapeWorld text-to-image flow model; latents are images mapped to [-1, 1].
+
+    Options: pretrained (load genrl/assets/tiny) or weights=DIR (another
+    directory with the same files); finetune "lora" (peft adapter on the
+    attention projections; reference = adapter disabled), "full" (every
+    transformer weight; reference = frozen copy) or "none" (nothing trained);
+    guidance_scale (CFG with the empty prompt when ≠ 1); seed (random init);
+    size fields of TinyConfig (random init only).
+    """
+
+    latent_shape = (3, 32, 32)
+
+    def __init__(
+        self,
+        *,
+        pretrained: bool = True,
+        weights: str | Path | None = None,
+        finetune: str = "lora",
+        lora_rank: int = 8,
+        lora_alpha: float | None = None,
+        lora_targets: Sequence[str] | None = None,
+        guidance_scale: float | None = DEFAULT_GUIDANCE,
+        seed: int = 0,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str = torch.float32,
+        **sizes,
+    ):
+        super().__init__()
+        if finetune not in ("lora", "full", "none"):
+            raise ValueError(f"finetune must be 'lora', 'full' or 'none', got {finetune!r}")
+        self.guidance_scale = guidance_scale
+        self.finetune = finetune
+        if weights is not None or pretrained:
+            if sizes:
+                raise ValueError(f"size options {sorted(sizes)} only apply with pretrained=False")
+            self.weights_path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+            cfg, self.weights_meta, text_state, transformer_state = read_weights(self.weights_path)
+        else:
+            self.weights_path, self.weights_meta = None, {}
+            if "vocabulary" not in sizes:
+                sizes["vocabulary"] = default_vocabulary()
+            cfg = TinyConfig.from_dict(sizes, where="tiny model options")
+        self.config = cfg
+        self.tokenizer = WordTokenizer(cfg.vocabulary, cfg.max_length)
+        side = cfg.sample_size
+        self.latent_shape = (3, side, side)
+
+        with torch.random.fork_rng(devices=[]):  # random init must not disturb the caller's RNG
+            torch.manual_seed(seed)
+            self.text_encoder = build_text_encoder(cfg)
+            self.transformer = build_transformer(cfg)
+        if self.weights_path is not None:
+            _load_state(self.text_encoder, text_state, self.weights_path / "text_encoder.safetensors")
+            _load_state(self.transformer, transformer_state, self.weights_path / "transformer.safetensors")
+
+        # The text encoder is always frozen in RL; only the denoiser is fine-tuned.
+        self.requires_grad_(False)
+        self.text_encoder.eval()
+        self.reference_transformer: nn.Module | None = None
+        self._use_reference = False
+        if finetune == "lora":
+            self._add_lora(lora_rank, 2 * lora_rank if lora_alpha is None else lora_alpha, lora_targets)
+        elif finetune == "full":
+            self.reference_transformer = copy.deepcopy(self.transformer).eval()
+            self.transformer.requires_grad_(True)
+
+        # The empty prompt's encoding, for CFG: computed once, moved along by .to(device).
+        self.register_buffer("_null_prompt_embeds", torch.empty(0), persistent=False)
+        self.register_buffer("_null_pooled_embeds", torch.empty(0), persistent=False)
+        self.refresh_unconditional()
+        self.to(device=device, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+
+    def _add_lora(self, rank: int, alpha: float, targets: Sequence[str] | None) -> None:
+        from peft import LoraConfig
+
+        targets = list(DEFAULT_LORA_TARGETS if targets is None else targets)
+        self.transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=True))
+        for name, p in self.transformer.named_parameters():
+            p.requires_grad_("lora_" in name)
+
+    # --- ModelAdapter interface ------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> TensorDict:
+        ids = self.tokenizer.encode(prompts).to(self._device)
+        prompt_embeds, pooled = self.text_encoder(ids)
+        return TensorDict({PROMPT_EMBEDS: prompt_embeds, POOLED_EMBEDS: pooled}, batch_size=[len(prompts)], device=self._device)
+
+    def refresh_unconditional(self) -> None:
+        """Recompute the cached encoding of "" (only needed if the text encoder changed)."""
+        null = self.encode([""])
+        self._null_prompt_embeds = null[PROMPT_EMBEDS]  # [1, L, D]
+        self._null_pooled_embeds = null[POOLED_EMBEDS]  # [1, D]
+
+    def unconditional(self, batch_size: int) -> TensorDict:
+        return TensorDict(
+            {
+                PROMPT_EMBEDS: self._null_prompt_embeds.expand(batch_size, -1, -1),
+                POOLED_EMBEDS: self._null_pooled_embeds.expand(batch_size, -1),
+            },
+            batch_size=[batch_size],
+        )
+
+    def _velocity(self, x: Tensor, sigma: Tensor, cond: TensorDict) -> Tensor:
+        transformer = self.reference_transformer if self._use_reference else self.transformer
+        dtype = self._null_pooled_embeds.dtype
+        sigma = torch.as_tensor(sigma, device=x.device, dtype=dtype).expand(x.shape[0])
+        return transformer(
+            hidden_states=x.to(dtype),
+            encoder_hidden_states=cond[PROMPT_EMBEDS].to(dtype),
+            pooled_projections=cond[POOLED_EMBEDS].to(dtype),
+            timestep=sigma * 1000,  # SD3 convention: timesteps in [0, 1000]
+            return_dict=False,
+        )[0]
+
+    def decode(self, x: Tensor) -> Tensor:
+        return ((x.float() + 1) / 2).clamp(0, 1)
+
+    def to_latent(self, images: Tensor) -> Tensor:
+        """Inverse of `decode` on [0, 1] images (used by pretraining)."""
+        return images * 2 - 1
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.transformer.parameters() if p.requires_grad]
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[None]:
+        if self.finetune == "lora":
+            self.transformer.disable_adapters()
+            try:
+                yield
+            finally:
+                self.transformer.enable_adapters()
+        elif self.finetune == "full":
+            self._use_reference = True
+            try:
+                yield
+            finally:
+                self._use_reference = False
+        else:  # nothing is trained: the model is its own reference
+            yield
+
+    @property
+    def _device(self) -> torch.device:
+        return self.text_encoder.position_embedding.device
+
+    def extra_repr(self) -> str:
+        weights = str(self.weights_path) if self.weights_path else "random init"
+        return f"weights={weights}, finetune={self.finetune}, guidance_scale={self.guidance_scale}"
