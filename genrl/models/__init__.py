@@ -11,7 +11,13 @@ MODELS: Registry = Registry("model")
 register = MODELS.register
 
 # Built-in adapters register themselves on import; heavy ones are imported lazily.
-_BUILTIN_MODULES = {"tiny": "genrl.models.tiny", "sd3": "genrl.models.sd3", "flux": "genrl.models.flux"}
+_BUILTIN_MODULES = {
+    "tiny": "genrl.models.tiny",
+    "sd3": "genrl.models.sd3",
+    "flux": "genrl.models.flux",
+    "tiny-random-sd3": "genrl.models.random_tiny",
+    "tiny-random-flux": "genrl.models.random_tiny",
+}
 
 
 def load(name: str, **options) -> ModelAdapter:

@@ -28,6 +28,10 @@ _BUILTIN_MODULES = {
     "aesthetic": "genrl.rewards.clip_rewards",
     "hpsv2": "genrl.rewards.hpsv2",
     "imagereward": "genrl.rewards.imagereward",
+    "tiny-random-pickscore": "genrl.models.random_tiny",
+    "tiny-random-clip_score": "genrl.models.random_tiny",
+    "tiny-random-hpsv2": "genrl.models.random_tiny",
+    "tiny-random-imagereward": "genrl.models.random_tiny",
 }
 
 RewardFn = Callable[[Tensor, Sequence[str]], Tensor]

@@ -1,0 +1,423 @@
+"""Tiny random-config SD3 / FLUX pipelines and reward models, built locally (no download).
+
+Each `make_*` function writes a folder in the layout of the real model on the
+Hub (diffusers-format pipeline folder, transformers CLIP folder, ...), so the
+loading code they exercise is the code that loads the real weights. Sizes are
+the smallest that still exercise every code path (2×2 patches, dual
+attention, qk-norm, 16 latent channels, VAE downsampling).
+
+The registered names build those folders once per process into a temporary
+directory and load them through the real adapters and rewards, so that
+`genrl bench SUITE --dry-run` checks a GPU suite end to end on a CPU:
+
+    models:  tiny-random-sd3, tiny-random-flux          (the `sd3` / `flux` adapters)
+    rewards: tiny-random-pickscore, tiny-random-clip_score, tiny-random-hpsv2,
+             tiny-random-imagereward                    (the real reward classes)
+
+Random weights: images are noise and scores meaningless; only shapes and code
+paths are real. Prompts should use the tiny vocabulary `WORDS` (other words
+map to the unknown token).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from genrl.models import register as register_model
+from genrl.models.flux import FluxModel
+from genrl.models.sd3 import SD3Model
+from genrl.rewards import register as register_reward
+from genrl.rewards.clip_rewards import CLIPScore, PickScore
+from genrl.rewards.hpsv2 import ARCHS, HPSv2
+from genrl.rewards.imagereward import ImageReward
+
+WORDS = ["a", "photo", "of", "cat", "dog", "red", "blue", "green", "the", "on", "mat", "circle", "square"]
+CLIP_MAX_LENGTH = 16  # real CLIP: 77
+RESOLUTION = 16  # VAE factor 2 → 8×8 latents
+
+
+def write_clip_tokenizer(directory: Path, max_length: int = CLIP_MAX_LENGTH) -> int:
+    """A byte-pair CLIPTokenizer over WORDS (vocab.json + merges.txt as CLIP has them); returns the vocab size."""
+    from transformers import CLIPTokenizer
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab: dict[str, int] = {}
+    for c in sorted(set("".join(WORDS))):
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    merges: list[str] = []
+    for word in WORDS:  # merge left to right until each word is one token
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merge = f"{pieces[0]} {pieces[1]}"
+            if merge not in merges:
+                merges.append(merge)
+            pieces = [pieces[0] + pieces[1]] + pieces[2:]
+            vocab.setdefault(pieces[0], len(vocab))
+    # As in CLIP, start/end of text are the last two ids (open_clip pools at the argmax id).
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=max_length)
+    tokenizer.save_pretrained(directory)
+    return len(vocab)
+
+
+def write_t5_tokenizer(directory: Path) -> int:
+    """A word-level fast tokenizer with T5's special tokens (<pad> 0, </s> 1, appended eos)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    special = dict(pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, model_max_length=512, **special)
+    fast.save_pretrained(directory)
+    return len(vocab)
+
+
+def clip_text_config(vocab_size: int, hidden: int = 16, projection: int = 16):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=CLIP_MAX_LENGTH, projection_dim=projection,
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1, hidden_act="gelu",
+    )  # fmt: skip
+
+
+def t5_encoder(vocab_size: int, d_model: int = 32):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(
+        T5Config(vocab_size=vocab_size, d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=4,
+                 relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", decoder_start_token_id=0)
+    )  # fmt: skip
+
+
+def tiny_vae(scaling_factor: float, shift_factor: float):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+        latent_channels=16, norm_num_groups=4, sample_size=RESOLUTION,
+        scaling_factor=scaling_factor, shift_factor=shift_factor, use_quant_conv=False, use_post_quant_conv=False,
+    )  # fmt: skip
+
+
+def _tokenizers(directory: Path, names: dict[str, str]) -> dict:
+    """Write the tokenizers, reload them as the adapters will (AutoTokenizer), return them by pipeline name."""
+    from transformers import AutoTokenizer
+
+    out = {}
+    for name, kind in names.items():
+        (write_clip_tokenizer if kind == "clip" else write_t5_tokenizer)(directory / "_tok" / name)
+        out[name] = AutoTokenizer.from_pretrained(directory / "_tok" / name)
+    shutil.rmtree(directory / "_tok")  # pipeline.save_pretrained writes them to their folders
+    return out
+
+
+def make_tiny_sd3(directory: Path, seed: int = 0) -> Path:
+    """An SD3.5-shaped pipeline folder: 2 CLIP-with-projection + T5 + MMDiT (dual attention, qk rms-norm) + VAE."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    directory = Path(directory)
+    torch.manual_seed(seed)
+    toks = _tokenizers(directory, {"tokenizer": "clip", "tokenizer_2": "clip", "tokenizer_3": "t5"})
+    clip_vocab, t5_vocab = len(toks["tokenizer"]), len(toks["tokenizer_3"])
+    pipe = StableDiffusion3Pipeline(
+        transformer=SD3Transformer2DModel(
+            sample_size=RESOLUTION // 2, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+            attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
+            pooled_projection_dim=32, pos_embed_max_size=8, qk_norm="rms_norm", dual_attention_layers=(0,),
+        ),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=tiny_vae(1.5305, 0.0609),
+        text_encoder=CLIPTextModelWithProjection(clip_text_config(clip_vocab)),
+        text_encoder_2=CLIPTextModelWithProjection(clip_text_config(clip_vocab)),
+        text_encoder_3=t5_encoder(t5_vocab),
+        **toks,
+    )
+    pipe.save_pretrained(directory)
+    return directory
+
+
+def make_tiny_flux(directory: Path, seed: int = 0, guidance_embeds: bool = True) -> Path:
+    """A FLUX.1-dev-shaped pipeline folder: CLIP (pooled) + T5 + Flux transformer with guidance embedding + VAE."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    directory = Path(directory)
+    torch.manual_seed(seed)
+    toks = _tokenizers(directory, {"tokenizer": "clip", "tokenizer_2": "t5"})
+    pipe = FluxPipeline(
+        transformer=FluxTransformer2DModel(
+            patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16,
+            guidance_embeds=guidance_embeds, axes_dims_rope=(4, 4, 8),
+        ),
+        scheduler=FlowMatchEulerDiscreteScheduler(
+            shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+            base_image_seq_len=256, max_image_seq_len=4096,
+        ),
+        vae=tiny_vae(0.3611, 0.1159),
+        text_encoder=CLIPTextModel(clip_text_config(len(toks["tokenizer"]))),
+        text_encoder_2=t5_encoder(len(toks["tokenizer_2"])),
+        **toks,
+    )
+    pipe.save_pretrained(directory)
+    return directory
+
+
+# --- reward models -----------------------------------------------------------------------
+
+
+def make_tiny_clip(directory: Path, seed: int = 0, projection: int = 16, image_size: int = 32) -> Path:
+    """A transformers CLIPModel folder with tokenizer and preprocessor_config.json, like openai/clip-vit-*."""
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
+
+    directory = Path(directory)
+    torch.manual_seed(seed)
+    vocab = write_clip_tokenizer(directory)
+    vision = CLIPVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        image_size=image_size, patch_size=8, projection_dim=projection, hidden_act="gelu",
+    )  # fmt: skip
+    config = CLIPConfig(
+        text_config=clip_text_config(vocab, projection=projection).to_dict(),
+        vision_config=vision.to_dict(),
+        projection_dim=projection,
+    )
+    CLIPModel(config).save_pretrained(directory)
+    (directory / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "crop_size": {"height": image_size, "width": image_size},
+                "size": {"shortest_edge": image_size},
+                "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                "image_std": [0.26862954, 0.26130258, 0.27577711],
+                "image_processor_type": "CLIPImageProcessor",
+            }
+        )
+    )
+    return directory
+
+
+def write_aesthetic_head(path: Path, in_features: int, seed: int = 0) -> torch.nn.Sequential:
+    """A LAION-aesthetic-shaped MLP (Linear/Dropout, no activations) saved as its .pth state dict."""
+    from torch import nn
+
+    torch.manual_seed(seed)
+    head = nn.Sequential(
+        nn.Linear(in_features, 32), nn.Dropout(0.2), nn.Linear(32, 8), nn.Dropout(0.1), nn.Linear(8, 4), nn.Linear(4, 1)
+    ).eval()
+    torch.save({f"layers.{k}": v for k, v in head.state_dict().items()}, path)
+    return head
+
+
+def open_clip_state_dict(model) -> dict:
+    """The inverse of genrl.rewards.hpsv2's conversion: a transformers CLIPModel in open_clip's key layout,
+    wrapped like an HPSv2 checkpoint ({"state_dict": ...}, DDP "module." prefix)."""
+    sd = {k: v.clone() for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+    out = {
+        "visual.class_embedding": sd["vision_model.embeddings.class_embedding"],
+        "visual.positional_embedding": sd["vision_model.embeddings.position_embedding.weight"],
+        "visual.conv1.weight": sd["vision_model.embeddings.patch_embedding.weight"],
+        "visual.proj": sd["visual_projection.weight"].T,
+        "token_embedding.weight": sd["text_model.embeddings.token_embedding.weight"],
+        "positional_embedding": sd["text_model.embeddings.position_embedding.weight"],
+        "text_projection": sd["text_projection.weight"].T,
+        "logit_scale": sd["logit_scale"],
+    }
+    for a, b in (("visual.ln_pre", "vision_model.pre_layrnorm"), ("visual.ln_post", "vision_model.post_layernorm"),
+                 ("ln_final", "text_model.final_layer_norm")):  # fmt: skip
+        for p in ("weight", "bias"):
+            out[f"{a}.{p}"] = sd[f"{b}.{p}"]
+    for src, dst, n in (("visual.", "vision_model.", model.config.vision_config.num_hidden_layers),
+                        ("", "text_model.", model.config.text_config.num_hidden_layers)):  # fmt: skip
+        for i in range(n):
+            s, d = f"{src}transformer.resblocks.{i}.", f"{dst}encoder.layers.{i}."
+            for a, b in (("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"), ("attn.out_proj", "self_attn.out_proj"),
+                         ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")):  # fmt: skip
+                for p in ("weight", "bias"):
+                    out[f"{s}{a}.{p}"] = sd[f"{d}{b}.{p}"]
+            for p in ("weight", "bias"):
+                out[f"{s}attn.in_proj_{p}"] = torch.cat([sd[f"{d}self_attn.{x}_proj.{p}"] for x in "qkv"])
+    return {"state_dict": {f"module.{k}": v for k, v in out.items()}, "epoch": 1}
+
+
+def write_bert_tokenizer(directory: Path) -> int:
+    """A WordPiece BertTokenizer over WORDS (vocab.txt, as bert-base-uncased has it)."""
+    from transformers import BertTokenizer
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(str(directory / "vocab.txt")).save_pretrained(directory)
+    return len(vocab)
+
+
+def make_tiny_imagereward(directory: Path, seed: int = 0):
+    """An ImageReward.pt in the original BLIP key layout (blip.visual_encoder.* timm names,
+    blip.text_encoder.* BERT names, mlp.layers.*), a BERT tokenizer folder, and the
+    transformers modules it was made from: (checkpoint, tokenizer_dir, vision, text, mlp)."""
+    from torch import nn
+    from transformers import BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
+
+    directory = Path(directory)
+    torch.manual_seed(seed)
+    vocab = write_bert_tokenizer(directory / "tokenizer")
+    vision = BlipVisionModel(BlipVisionConfig(
+        hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+        patch_size=8, layer_norm_eps=1e-6))  # fmt: skip
+    text = BlipTextModel(BlipTextConfig(
+        vocab_size=vocab + 2, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+        encoder_hidden_size=128, max_position_embeddings=40, bos_token_id=None, sep_token_id=None, pad_token_id=0),
+        add_pooling_layer=False)  # fmt: skip
+    mlp = nn.Sequential(nn.Linear(128, 32), nn.Dropout(0.2), nn.Linear(32, 8), nn.Dropout(0.1), nn.Linear(8, 1))
+    with torch.no_grad():  # random LayerNorms and biases too, so that no mapping error can hide
+        for p in [*vision.parameters(), *text.parameters()]:
+            p.add_(0.05 * torch.randn_like(p))
+    for module in (vision, text, mlp):
+        module.eval()
+
+    def blip_vision_key(key: str) -> str:
+        for a, b in (("embeddings.class_embedding", "cls_token"), ("embeddings.position_embedding", "pos_embed"),
+                     ("embeddings.patch_embedding", "patch_embed.proj"), ("encoder.layers.", "blocks."),
+                     (".layer_norm1.", ".norm1."), (".layer_norm2.", ".norm2."), (".self_attn.qkv.", ".attn.qkv."),
+                     (".self_attn.projection.", ".attn.proj."), ("post_layernorm.", "norm.")):  # fmt: skip
+            key = key.replace(a, b)
+        return key
+
+    state = {f"blip.visual_encoder.{blip_vision_key(k)}": v for k, v in vision.state_dict().items()}
+    state.update({f"blip.text_encoder.{k}": v for k, v in text.state_dict().items() if "position_ids" not in k})
+    state.update({f"mlp.layers.{k}": v for k, v in mlp.state_dict().items()})
+    state["blip.vision_proj.weight"] = torch.zeros(4, 128)  # BLIP's unused contrastive heads are in the file too
+    torch.save(state, directory / "ImageReward.pt")
+    return directory / "ImageReward.pt", directory / "tokenizer", vision, text, mlp
+
+
+# --- registered names: built once per process, loaded through the real code ---------------------
+
+_ROOT: Path | None = None
+_BUILT: dict[str, object] = {}
+# The adapters' small sizes; other options (lora_rank, finetune, guidance_scale, ...) pass through.
+TINY_MODEL_OPTIONS = dict(resolution=RESOLUTION, max_sequence_length=8, dtype="fp32", vae_dtype="fp32", device="cpu")
+# Where the real weights would be: meaningless here, so refused rather than silently ignored.
+_LOCATION_OPTIONS = ("path", "model_id", "cache_dir", "revision", "processor_path", "processor_id",
+                     "tokenizer_path", "tokenizer_id", "head_path", "head_model_id")
+
+
+def _built(kind: str):
+    """The files of `kind` ('sd3', 'flux', 'clip', 'hpsv2', 'imagereward'), written on first use.
+
+    The global RNG is left untouched (builders seed themselves), so a run's random
+    streams do not depend on whether the components were already built.
+    """
+    global _ROOT
+    if kind not in _BUILT:
+        if _ROOT is None:
+            _ROOT = Path(tempfile.mkdtemp(prefix="genrl-tiny-random-"))
+            atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
+        with torch.random.fork_rng(devices=[]):
+            if kind == "sd3":
+                _BUILT[kind] = make_tiny_sd3(_ROOT / "sd3")
+            elif kind == "flux":
+                _BUILT[kind] = make_tiny_flux(_ROOT / "flux")
+            elif kind == "clip":
+                _BUILT[kind] = make_tiny_clip(_ROOT / "clip")
+            elif kind == "hpsv2":
+                from transformers import CLIPModel
+
+                (_ROOT / "hpsv2").mkdir()
+                _BUILT[kind] = _ROOT / "hpsv2" / "HPS_v2.1_compressed.pt"
+                torch.save(open_clip_state_dict(CLIPModel.from_pretrained(_built("clip"))), _BUILT[kind])
+            elif kind == "imagereward":
+                _BUILT[kind] = make_tiny_imagereward(_ROOT / "imagereward")[:2]
+            else:  # pragma: no cover - programming error
+                raise ValueError(f"unknown tiny component {kind!r}")
+    return _BUILT[kind]
+
+
+def _no_location(name: str, options: dict) -> None:
+    given = sorted(set(options) & set(_LOCATION_OPTIONS))
+    if given:
+        raise TypeError(f"{name} builds its own random weights; it takes no {', '.join(given)}")
+
+
+def _tiny_model(name: str, base: type):
+    """A registered constructor: the real adapter `base` (SD3Model / FluxModel) on the tiny pipeline."""
+
+    def build(**options):
+        _no_location(name, options)
+        return base(path=_built(name.removeprefix("tiny-random-")), **{**TINY_MODEL_OPTIONS, **options})
+
+    build.__name__ = build.__qualname__ = name.replace("-", "_")
+    build.__doc__ = f"`{base.NAME}` on tiny random weights (defaults {TINY_MODEL_OPTIONS}), for --dry-run and tests."
+    return build
+
+
+register_model("tiny-random-sd3")(_tiny_model("tiny-random-sd3", SD3Model))
+register_model("tiny-random-flux")(_tiny_model("tiny-random-flux", FluxModel))
+ARCHS.setdefault("tiny-random", dict(vision_heads=2, text_heads=2))  # head counts of make_tiny_clip
+
+
+@register_reward("tiny-random-pickscore")
+class TinyRandomPickScore(PickScore):
+    name = "tiny-random-pickscore"
+
+    def __init__(self, **options):
+        _no_location(self.name, options)
+        super().__init__(path=_built("clip"), **options)
+
+
+@register_reward("tiny-random-clip_score")
+class TinyRandomCLIPScore(CLIPScore):
+    name = "tiny-random-clip_score"
+
+    def __init__(self, **options):
+        _no_location(self.name, options)
+        super().__init__(path=_built("clip"), **options)
+
+
+@register_reward("tiny-random-hpsv2")
+class TinyRandomHPSv2(HPSv2):
+    """Through the open_clip checkpoint conversion, as the real HPS_v2.1_compressed.pt."""
+
+    name = "tiny-random-hpsv2"
+
+    def __init__(self, **options):
+        _no_location(self.name, options)
+        super().__init__(path=_built("hpsv2"), processor_path=_built("clip"), arch="tiny-random", **options)
+
+
+@register_reward("tiny-random-imagereward")
+class TinyRandomImageReward(ImageReward):
+    """Through the BLIP checkpoint conversion, as the real ImageReward.pt."""
+
+    name = "tiny-random-imagereward"
+
+    def __init__(self, **options):
+        _no_location(self.name, options)
+        checkpoint, tokenizer = _built("imagereward")
+        super().__init__(path=checkpoint, tokenizer_path=tokenizer, **options)
+
+
+__all__ = [
+    "CLIP_MAX_LENGTH", "RESOLUTION", "TINY_MODEL_OPTIONS", "WORDS", "clip_text_config", "make_tiny_clip",
+    "make_tiny_flux", "make_tiny_imagereward", "make_tiny_sd3", "open_clip_state_dict", "t5_encoder", "tiny_vae",
+    "write_aesthetic_head", "write_bert_tokenizer", "write_clip_tokenizer", "write_t5_tokenizer",
+]  # fmt: skip
