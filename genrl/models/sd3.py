@@ -15,24 +15,22 @@ This module also holds `DiffusersFlowModel`, the plumbing shared with `flux`
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import json
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from tensordict import TensorDict
-from torch import Tensor, nn
+from torch import Tensor
 
 from genrl.models import register
 from genrl.models.base import ModelAdapter
 from genrl.models.hub import MODEL, TOKENIZER, resolve_model_dir
-from genrl.models.lora import add_lora, lora_disabled, save_lora
+from genrl.models.finetune import FinetunedTransformer, check_finetune
+from genrl.models.lora import save_lora
 from genrl.keys import POOLED_EMBEDS, PROMPT_EMBEDS
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-FINETUNE = ("lora", "full", "none")
 # VAE decoding of a 1024² image in fp32 holds a few GB of activations: decode this many at a time.
 DECODE_CHUNK = 8
 
@@ -49,7 +47,7 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class DiffusersFlowModel(ModelAdapter):
+class DiffusersFlowModel(FinetunedTransformer, ModelAdapter):
     """A diffusers MMDiT + VAE + text encoders, fine-tuned with LoRA (default) or in full.
 
     Subclasses name their components and implement `_load_text_encoders`,
@@ -83,8 +81,7 @@ class DiffusersFlowModel(ModelAdapter):
         super().__init__()
         import diffusers
 
-        if finetune not in FINETUNE:
-            raise ValueError(f"finetune must be one of {list(FINETUNE)}, got {finetune!r}")
+        check_finetune(finetune, self.NAME)
         self.finetune = finetune
         self.model_dtype = parse_dtype(dtype)
         self.vae_dtype = parse_dtype(vae_dtype, "vae_dtype")
@@ -113,14 +110,7 @@ class DiffusersFlowModel(ModelAdapter):
         self.eval()
         self.sigma_shift = self._default_shift()
 
-        self.reference_transformer: nn.Module | None = None
-        self._use_reference = False
-        if finetune == "lora":
-            add_lora(self.transformer, rank=lora_rank, alpha=lora_alpha, targets=lora_targets)
-        elif finetune == "full":
-            # A frozen copy is the KL reference; it doubles the transformer's memory.
-            self.reference_transformer = copy.deepcopy(self.transformer).requires_grad_(False)
-            self.transformer.requires_grad_(True)
+        self._setup_finetune(finetune, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=lora_targets)
         if gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
 
@@ -164,9 +154,6 @@ class DiffusersFlowModel(ModelAdapter):
                 module.eval()
         return self
 
-    def _denoiser(self) -> nn.Module:
-        return self.reference_transformer if self._use_reference else self.transformer
-
     def decode(self, x: Tensor) -> Tensor:
         """Latents [B, C, h, w] → images [B, 3, H, W] in [0, 1] (float32)."""
         cfg = self.vae.config
@@ -176,23 +163,6 @@ class DiffusersFlowModel(ModelAdapter):
             z = chunk.to(self.vae.device, self.vae_dtype) / cfg.scaling_factor + shift
             images.append(self.vae.decode(z, return_dict=False)[0].float())
         return ((torch.cat(images) + 1) / 2).clamp(0, 1)
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.transformer.parameters() if p.requires_grad]
-
-    @contextlib.contextmanager
-    def reference(self) -> Iterator[None]:
-        if self.finetune == "lora":
-            with lora_disabled(self.transformer):
-                yield
-        elif self.finetune == "full":
-            self._use_reference = True
-            try:
-                yield
-            finally:
-                self._use_reference = False
-        else:  # nothing is trained: the model is its own reference
-            yield
 
     def save_diffusers(self, directory: str | Path) -> Path:
         """Save the trained part for plain diffusers: LoRA → `pipe.load_lora_weights(directory)`;

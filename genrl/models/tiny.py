@@ -14,8 +14,6 @@ text_encoder.safetensors, config.json).
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
 import json
 import os
@@ -23,7 +21,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from tensordict import TensorDict
@@ -31,11 +29,13 @@ from torch import Tensor, nn
 
 from genrl.models import register
 from genrl.models.base import ModelAdapter
+from genrl.models.finetune import FinetunedTransformer, check_finetune
+from genrl.models.lora import DEFAULT_TARGETS
 from genrl.models.tiny_text import TinyTextEncoder, WordTokenizer
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "tiny"
 WEIGHT_FILES = ("config.json", "transformer.safetensors", "text_encoder.safetensors")
-DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+DEFAULT_LORA_TARGETS = DEFAULT_TARGETS
 # Measured with tiny_pretrain --eval on the shipped weights (see config.json "eval"):
 # CFG doubles the cost of every step for a gain that does not pay for it here.
 DEFAULT_GUIDANCE = 1.0
@@ -160,7 +160,7 @@ def _load_state(module: nn.Module, state: dict[str, Tensor], path: Path) -> None
 
 
 @register("tiny")
-class TinyShapeModel(ModelAdapter):
+class TinyShapeModel(FinetunedTransformer, ModelAdapter):
     """ShapeWorld text-to-image flow model; latents are images mapped to [-1, 1].
 
     Options: pretrained (load genrl/assets/tiny) or weights=DIR (another
@@ -189,8 +189,7 @@ class TinyShapeModel(ModelAdapter):
         **sizes,
     ):
         super().__init__()
-        if finetune not in ("lora", "full", "none"):
-            raise ValueError(f"finetune must be 'lora', 'full' or 'none', got {finetune!r}")
+        check_finetune(finetune, "tiny")
         self.guidance_scale = guidance_scale
         self.finetune = finetune
         if weights is not None or pretrained:
@@ -219,27 +218,14 @@ class TinyShapeModel(ModelAdapter):
         # The text encoder is always frozen in RL; only the denoiser is fine-tuned.
         self.requires_grad_(False)
         self.text_encoder.eval()
-        self.reference_transformer: nn.Module | None = None
-        self._use_reference = False
-        if finetune == "lora":
-            self._add_lora(lora_rank, 2 * lora_rank if lora_alpha is None else lora_alpha, lora_targets)
-        elif finetune == "full":
-            self.reference_transformer = copy.deepcopy(self.transformer).eval()
-            self.transformer.requires_grad_(True)
+        alpha = 2 * lora_rank if lora_alpha is None else lora_alpha
+        self._setup_finetune(finetune, lora_rank=lora_rank, lora_alpha=alpha, lora_targets=lora_targets)
 
         # The empty prompt's encoding, for CFG: computed once, moved along by .to(device).
         self.register_buffer("_null_prompt_embeds", torch.empty(0), persistent=False)
         self.register_buffer("_null_pooled_embeds", torch.empty(0), persistent=False)
         self.refresh_unconditional()
         self.to(device=device, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-
-    def _add_lora(self, rank: int, alpha: float, targets: Sequence[str] | None) -> None:
-        from peft import LoraConfig
-
-        targets = list(DEFAULT_LORA_TARGETS if targets is None else targets)
-        self.transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=True))
-        for name, p in self.transformer.named_parameters():
-            p.requires_grad_("lora_" in name)
 
     # --- ModelAdapter interface ------------------------------------------------------
 
@@ -265,7 +251,7 @@ class TinyShapeModel(ModelAdapter):
         )
 
     def _velocity(self, x: Tensor, sigma: Tensor, cond: TensorDict) -> Tensor:
-        transformer = self.reference_transformer if self._use_reference else self.transformer
+        transformer = self._denoiser()
         dtype = self._null_pooled_embeds.dtype
         sigma = torch.as_tensor(sigma, device=x.device, dtype=dtype).expand(x.shape[0])
         return transformer(
@@ -282,26 +268,6 @@ class TinyShapeModel(ModelAdapter):
     def to_latent(self, images: Tensor) -> Tensor:
         """Inverse of `decode` on [0, 1] images (used by pretraining)."""
         return images * 2 - 1
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.transformer.parameters() if p.requires_grad]
-
-    @contextlib.contextmanager
-    def reference(self) -> Iterator[None]:
-        if self.finetune == "lora":
-            self.transformer.disable_adapters()
-            try:
-                yield
-            finally:
-                self.transformer.enable_adapters()
-        elif self.finetune == "full":
-            self._use_reference = True
-            try:
-                yield
-            finally:
-                self._use_reference = False
-        else:  # nothing is trained: the model is its own reference
-            yield
 
     @property
     def _device(self) -> torch.device:
