@@ -1,7 +1,9 @@
-"""Prompt sets: `shapeworld:train|eval|all` or a text file with one prompt per line."""
+"""Prompt sets: `shapeworld:train|eval|all`, a text file with one prompt per line, or a
+JSON-lines file whose objects carry a "prompt" field (Flow-GRPO's dataset/geneval/*_metadata.jsonl)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 _SHAPEWORLD_SPLITS = ("train", "eval", "all")
@@ -22,9 +24,23 @@ def load_prompts(source: str) -> list[str]:
     path = Path(source)
     if not path.is_file():
         raise PromptSetError(f"prompt file {source!r} not found (or use shapeworld:train / shapeworld:eval)")
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    prompts = _jsonl_prompts(lines, source) if path.suffix == ".jsonl" else lines
     if not prompts:
         raise PromptSetError(f"prompt file {source!r} holds no prompts (one per line expected)")
+    return prompts
+
+
+def _jsonl_prompts(lines: list[str], source: str) -> list[str]:
+    prompts = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise PromptSetError(f"{source!r} line {number} is not JSON ({err.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
+            raise PromptSetError(f"{source!r} line {number} has no \"prompt\" string field")
+        prompts.append(record["prompt"].strip())
     return prompts
 
 
