@@ -109,7 +109,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     prompts = prompts or load_prompts(cfg.prompts.eval)
     steps = args.steps or cfg.sampling.eval_steps
     result, images, repeated = evaluation.evaluate(
-        adapter, prompts, args.seeds, steps, cfg.shift_for(adapter), cfg.sampling.micro_batch,
+        adapter, prompts, args.seeds, steps, cfg.eval_shift_for(adapter), cfg.sampling.micro_batch,
         reward=build_reward(cfg),
     )
     out = Path(args.out)
@@ -137,7 +137,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     repeated, seeds = evaluation.evaluation_seeds(prompts, args.seeds)
     seeds = [s + args.seed for s in seeds]
     images = evaluation.sample_ode(adapter, repeated, seeds, args.steps or cfg.sampling.eval_steps,
-                                   cfg.shift_for(adapter), cfg.sampling.micro_batch)
+                                   cfg.eval_shift_for(adapter), cfg.sampling.micro_batch)
     path = save_grid(images, repeated, Path(args.out), columns=args.seeds)
     print(f"wrote {len(repeated)} images to {path}")
     return 0

@@ -59,6 +59,9 @@ class SamplingConfig:
     num_steps: int = _field(10, "K, denoising steps of a training rollout")
     shift: float | None = _field(None, "timestep shift s (σ ← sσ/(1+(s−1)σ)); None: the algorithm's default")
     eval_steps: int = _field(20, "ODE steps for evaluation")
+    eval_shift: float | None = _field(
+        None, "timestep shift of the evaluation ODE; None: the model's own (SD3 3, FLUX by resolution), else 1. "
+        "Never the algorithm's, so every algorithm is evaluated with the same sampler")
     micro_batch: int = _field(16, "rows per model call; fixed shape, so log-probs are batch-size invariant")
 
 
@@ -138,6 +141,13 @@ class Config:
             return self.sampling.shift
         model_shift = getattr(adapter, "sigma_shift", None)
         return float(model_shift) if model_shift is not None else self.algo.shift
+
+    def eval_shift_for(self, adapter) -> float:
+        """sampling.eval_shift, else the model's own schedule shift, else 1 (the plain schedule)."""
+        if self.sampling.eval_shift is not None:
+            return self.sampling.eval_shift
+        model_shift = getattr(adapter, "sigma_shift", None)
+        return float(model_shift) if model_shift is not None else 1.0
 
     def validate(self) -> None:
         _check(self.train.group_size >= 2, "train.group_size", self.train.group_size, "an integer >= 2 (advantages need a group)")

@@ -228,7 +228,7 @@ class Trainer:
         c = self.cfg
         result, images, prompts = evaluation.evaluate(
             self.parts.adapter, self.parts.eval_prompts, c.log.eval_seeds, c.sampling.eval_steps,
-            c.shift_for(self.parts.adapter), c.sampling.micro_batch, self.parts.reward,
+            c.eval_shift_for(self.parts.adapter), c.sampling.micro_batch, self.parts.reward,
         )
         out = self.run_dir / "eval"
         out.mkdir(parents=True, exist_ok=True)

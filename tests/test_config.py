@@ -70,3 +70,14 @@ def test_shift_comes_from_the_config_then_the_model_then_the_algorithm():
     assert flow.shift_for(object()) == 1.0  # the tiny model has no shift of its own
     assert flow.shift_for(WithShift()) == 3.0  # SD3 / FLUX: the pipeline's shift
     assert config.load(overrides=["sampling.shift=2"]).shift_for(WithShift()) == 2.0  # explicit wins
+
+
+def test_evaluation_shift_is_the_same_for_every_algorithm():
+    class WithShift:
+        sigma_shift = 3.0
+
+    dance, chunk = (config.load(overrides=[f"algorithm={a}"]) for a in ("dance_grpo", "chunk_grpo"))
+    assert dance.shift_for(object()) == 3.0 and chunk.shift_for(object()) == 1.0  # training samplers differ
+    assert dance.eval_shift_for(object()) == chunk.eval_shift_for(object()) == 1.0  # evaluation does not
+    assert dance.eval_shift_for(WithShift()) == 3.0
+    assert config.load(overrides=["sampling.eval_shift=2", "sampling.shift=5"]).eval_shift_for(WithShift()) == 2.0
