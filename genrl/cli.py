@@ -166,7 +166,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("run", nargs="?", help="run directory or checkpoint directory (default: the base model)")
     p.add_argument("--prompts", help="prompt file, one per line, or shapeworld:eval (default: the config's eval prompts)")
     p.add_argument("--out", default="eval.json", help="where to write the JSON result (and a PNG grid beside it)")
-    p.add_argument("--seeds", type=int, default=4, help="images per prompt (seeds 0..n-1)")
+    p.add_argument("--seeds", type=int, default=4, help="images per prompt (fixed seeds per prompt, the same in every run)")
     p.add_argument("--steps", type=int, help="ODE steps (default: sampling.eval_steps)")
     p.set_defaults(fn=cmd_eval)
 

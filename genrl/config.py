@@ -85,7 +85,7 @@ class LogConfig:
     sample_every: int = _field(10, "write a sample grid every N updates (0: never)")
     checkpoint_every: int = _field(10, "write a checkpoint every N updates (and at the end)")
     eval_every: int = _field(0, "evaluate on the held-out prompts every N updates (0: only before and after)")
-    eval_seeds: int = _field(4, "images per evaluation prompt (fixed seeds 0..n-1)")
+    eval_seeds: int = _field(4, "images per evaluation prompt (fixed seeds per prompt, see genrl.evaluation)")
     eval_at_start: bool = _field(True, "evaluate the base policy before training")
     warn_clip_frac: float = _field(0.9, "warn when clip_frac stays above this for warn_patience updates")
     warn_approx_kl: float = _field(0.05, "warn when approx_kl stays above this for warn_patience updates")

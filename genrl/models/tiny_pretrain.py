@@ -42,7 +42,6 @@ from typing import Sequence
 import torch
 from tensordict import TensorDict
 
-from genrl.dynamics import flow_sigmas, step
 from genrl.models.base import ModelAdapter
 from genrl.models.tiny import POOLED_EMBEDS, PROMPT_EMBEDS, TinyConfig, TinyShapeModel, save_weights
 
@@ -50,28 +49,13 @@ from genrl.models.tiny import POOLED_EMBEDS, PROMPT_EMBEDS, TinyConfig, TinyShap
 # --- evaluation ---------------------------------------------------------------------
 
 
-@torch.no_grad()
-def sample_ode(adapter: ModelAdapter, prompts: Sequence[str], noise_seeds: Sequence[int], steps: int, shift: float = 1.0):
-    """Euler ODE samples [N, 3, H, W] in [0, 1], one per (prompt, noise seed)."""
-    x = torch.stack([torch.randn(adapter.latent_shape, generator=torch.Generator().manual_seed(s)) for s in noise_seeds])
-    cond = adapter.encode(list(prompts))
-    sigmas = flow_sigmas(steps, shift)
-    for k in range(steps):
-        v = adapter.velocity(x, sigmas[k].expand(len(x)), cond)
-        x = step("ode", x, v, sigmas[k], sigmas[k + 1]).sample
-    return adapter.decode(x)
+def evaluate_base(adapter: ModelAdapter, steps: int = 20, seeds: int = 4, shift: float = 1.0) -> dict:
+    """Strict and partial ShapeWorld scores on the eval prompts × `seeds` images, with the trainer's
+    evaluation (`genrl.evaluation`: the same fixed per-prompt seeds, the same ODE sampler)."""
+    from genrl.evaluation import evaluate
+    from genrl.shapeworld import eval_prompts
 
-
-def evaluate_base(adapter: ModelAdapter, steps: int = 20, seeds: int = 4, shift: float = 1.0, batch: int = 100) -> dict:
-    """Strict and partial ShapeWorld scores on the 50 eval prompts × `seeds` noise seeds."""
-    from genrl.shapeworld import eval_prompts, evaluate
-
-    prompts = [p for p in eval_prompts() for _ in range(seeds)]
-    noise_seeds = [10_000 + i % seeds for i in range(len(prompts))]  # the same seeds for every prompt
-    images = torch.cat(
-        [sample_ode(adapter, prompts[i : i + batch], noise_seeds[i : i + batch], steps, shift) for i in range(0, len(prompts), batch)]
-    )
-    result = evaluate(images, prompts)
+    result, _, _ = evaluate(adapter, eval_prompts(), seeds, steps, shift, micro_batch=64)
     return {"score": result["score"], "partial": result["partial"], "per_category": result["per_category"]}
 
 
