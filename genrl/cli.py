@@ -189,9 +189,25 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Positional lists that take dotted.key=value overrides, per command.
+OVERRIDE_LISTS = {"train": "items", "bench": "overrides"}
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parse_args, but overrides may also follow options (`bench smoke --out D k=v`): argparse alone
+    fills a positional list only from the first run of positionals and rejects the rest."""
+    args, extra = parser.parse_known_args(argv)
+    listed = OVERRIDE_LISTS.get(args.command)
+    if extra and listed and not any(item.startswith("-") for item in extra):
+        setattr(args, listed, list(getattr(args, listed)) + extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if not getattr(args, "fn", None):
         parser.print_help()
         return 0
