@@ -23,6 +23,9 @@ from genrl.policy import velocity_module
 from genrl.rewards import checked_call
 
 
+EVAL_GRID_SEEDS = 2  # images per prompt shown in an evaluation's PNG grid
+
+
 class TrainingStopped(RuntimeError):
     """The run stopped itself (e.g. too many non-finite updates); its checkpoint and metrics are kept."""
 
@@ -233,7 +236,10 @@ class Trainer:
         out = self.run_dir / "eval"
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{tag}.json").write_text(json.dumps(result, indent=2))
-        save_grid(images, prompts, out / f"{tag}.png", columns=c.log.eval_seeds * 2)
+        # The grid is for a look, the JSON holds every score: two images per prompt keep it fast and legible.
+        keep = [i for i in range(len(prompts)) if i % c.log.eval_seeds < EVAL_GRID_SEEDS]
+        save_grid(images[keep], [prompts[i] for i in keep], out / f"{tag}.png",
+                  columns=min(c.log.eval_seeds, EVAL_GRID_SEEDS) * 4)
         self.dist.barrier()
         return result
 
