@@ -61,6 +61,9 @@ def build_algorithm(cfg: Config) -> algorithms.Algorithm:
 
 
 def build_model(cfg: Config) -> ModelAdapter:
+    # LoRA's initialisation draws from the global generator, whose start is random per process:
+    # seeding here makes a run reproducible and gives every process of a multi-process run one replica.
+    torch.manual_seed(cfg.seed)
     try:
         adapter = models.load(cfg.model.name, **cfg.model.options)
     except KeyError as err:

@@ -122,3 +122,21 @@ def test_non_finite_reward_is_an_error_naming_reward_and_prompt(toy_overrides, t
     cfg = config.load(overrides=toy_overrides + ["reward.name=nan_for_test", "log.eval_at_start=false"])
     with pytest.raises(rewards.RewardError, match="reward 'nan_for_test' returned nan for prompt"):
         Trainer(cfg).run()
+
+
+def test_same_seed_same_initial_adapter_whatever_the_global_rng():
+    """LoRA's random init comes from the run's seed, not from the process: reruns and the processes of a
+    multi-process run start from one set of weights (the global generator starts at random per process)."""
+    from genrl.build import build_model
+
+    cfg = config.load("shapeworld")
+
+    def initial_weights():
+        torch.seed()  # whatever state the process is in
+        return [p.detach().clone() for p in build_model(cfg).trainable_parameters()]
+
+    first, second = initial_weights(), initial_weights()
+    assert any(p.abs().sum() > 0 for p in first)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    other = [p.detach() for p in build_model(config.load("shapeworld", ["seed=1"])).trainable_parameters()]
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
