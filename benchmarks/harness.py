@@ -28,6 +28,7 @@ import yaml
 from genrl.benchmarks import plots, report
 from genrl.benchmarks.suite import RunPlan, load_suite, plan_runs
 from genrl.config import ConfigError
+from genrl.distributed import Dist
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,6 +39,11 @@ def run_suite(suite: str | Path, out: str | Path | None = None, dry_run: bool = 
     spec = load_suite(suite)
     out = Path(out) if out else Path("bench_out") / (spec.name + ("-dry-run" if dry_run else ""))
     plans = plan_runs(spec, dry_run, list(overrides), out)
+    # Under `accelerate launch` (genrl bench --num-processes N) every process runs every run together;
+    # only the main process prints and writes the suite's files.
+    global _MAIN
+    dist = Dist(plans[0].cfg.device)
+    _MAIN = dist.is_main
     out.mkdir(parents=True, exist_ok=True)
     _say(f"suite {spec.name}: {len(plans)} runs ({len(spec.algorithms)} algorithms x {len(spec.seeds)} seeds), "
          f"{spec.budget_nfe:,} NFE each{' [dry run: 1 update each]' if dry_run else ''} -> {out}")
@@ -47,7 +53,7 @@ def run_suite(suite: str | Path, out: str | Path | None = None, dry_run: bool = 
         run_dir = Path(plan.cfg.run_dir)
         head = f"[{i}/{len(plans)}] {plan.label} seed {plan.seed}"
         t0 = time.perf_counter()
-        status = _run_one(plan, run_dir, head)
+        status = _run_one(plan, run_dir, head, dist)
         elapsed = round(time.perf_counter() - t0, 1) if status == "ran" else None  # with evaluation and loading
         spent += [elapsed] if elapsed is not None else []
         entry = {"label": plan.label, "algorithm": plan.algorithm, "seed": plan.seed, "run_dir": str(run_dir),
@@ -75,6 +81,8 @@ def run_suite(suite: str | Path, out: str | Path | None = None, dry_run: bool = 
     results["aggregate"] = report.aggregate(runs, labels)
     results["comparison"] = report.compare(results["aggregate"])
     _check_equal_budgets(runs, spec.budget_nfe, dry_run)
+    if not dist.is_main:
+        return results
     (out / "results.json").write_text(json.dumps(_finite(results), indent=2))
     table = report.table_markdown(results)
     (out / "table.md").write_text(table)
@@ -84,7 +92,7 @@ def run_suite(suite: str | Path, out: str | Path | None = None, dry_run: bool = 
     return results
 
 
-def _run_one(plan: RunPlan, run_dir: Path, head: str) -> str:
+def _run_one(plan: RunPlan, run_dir: Path, head: str, dist: Dist) -> str:
     """'done' (kept), 'ran', or 'failed: …'; a Ctrl-C stops the whole suite after the run has checkpointed."""
     from genrl import checkpoint
     from genrl.trainer import Trainer, TrainingStopped
@@ -100,8 +108,9 @@ def _run_one(plan: RunPlan, run_dir: Path, head: str) -> str:
         resume = False
     if resume:
         _check_same_config(plan, run_dir)
-    elif run_dir.exists():
+    elif run_dir.exists() and dist.is_main:
         shutil.rmtree(run_dir)  # an attempt that died before its first checkpoint: its metrics would be stale
+    dist.barrier()
     _reset_peak_memory(plan.cfg.device)
     trainer = Trainer(plan.cfg, run_dir=run_dir)
     if resume:
@@ -179,8 +188,12 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
+_MAIN = True  # False in the other processes of a multi-process suite
+
+
 def _say(text: str) -> None:
-    """Print between tqdm bars without breaking them."""
+    """Print between tqdm bars without breaking them (main process only)."""
     from tqdm.auto import tqdm
 
-    tqdm.write(text)
+    if _MAIN:
+        tqdm.write(text)

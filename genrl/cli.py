@@ -29,8 +29,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         for key, default, help_text in config.describe(config.AlgorithmOptions):
             print(f"  {key:30s} {default:24s} {help_text}")
         return 0
-    if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:
-        return _relaunch_with_accelerate(args)
+    if _launched_here(args):
+        return _relaunch_with_accelerate(args, [*args.items] + (["--resume", args.resume] if args.resume else []))
     path, overrides = _split_config_and_overrides(args.items)
     if args.resume:
         from genrl.resume import resume_config
@@ -42,21 +42,35 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = config.load(path, overrides)
         trainer = Trainer(cfg)
     summary = trainer.run()
-    _print_summary(summary)
+    if trainer.dist.is_main:
+        _print_summary(summary)
     return 130 if "interrupted_at" in summary else 0
 
 
-def _relaunch_with_accelerate(args: argparse.Namespace) -> int:
-    """`genrl train --num-processes N ...` = `accelerate launch --num_processes N -m genrl train ...`.
+def _launched_here(args: argparse.Namespace) -> bool:
+    """True when `--num-processes N` asks this process to start N others (and is not one of them)."""
+    if args.sharding and args.num_processes < 2:
+        raise ValueError("--sharding needs --num-processes 2 or more")
+    return args.num_processes > 1 and "WORLD_SIZE" not in os.environ
 
-    Without an accelerate config, processes run on CPU (gloo) unless `device=cuda` is given.
+
+def _relaunch_with_accelerate(args: argparse.Namespace, rest: list[str]) -> int:
+    """`genrl CMD --num-processes N ...` = `accelerate launch --num_processes N -m genrl CMD ...`.
+
+    One process per GPU where there are GPUs (the run's `device` decides where each process
+    computes, e.g. `device=cpu` keeps gloo on CPU), else CPU processes (gloo).
     """
     import subprocess
 
-    on_gpu = any(item.startswith("device=cuda") for item in args.items)
+    import torch
+
+    on_gpu = torch.cuda.is_available() and not any(item.startswith("device=cpu") for item in rest)
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.num_processes)]
-    command += ["--multi_gpu"] if on_gpu else ["--cpu"]
-    command += ["-m", "genrl", "train", *args.items] + (["--resume", args.resume] if args.resume else [])
+    if args.sharding:  # an FSDP launcher config (genrl.sharding); accelerate takes the GPUs if any, else gloo on CPU
+        command += ["--config_file", str(Path(__file__).parent / "configs" / "accelerate" / f"{args.sharding}.yaml")]
+    else:
+        command += ["--multi_gpu"] if on_gpu else ["--cpu"]
+    command += ["-m", "genrl", args.command, *rest]
     return subprocess.call(command)
 
 
@@ -146,8 +160,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from genrl.benchmarks.harness import run_suite
 
+    if _launched_here(args):
+        rest = [args.suite, *args.overrides] + (["--out", args.out] if args.out else []) + (["--dry-run"] if args.dry_run else [])
+        return _relaunch_with_accelerate(args, rest)
     run_suite(args.suite, args.out, dry_run=args.dry_run, overrides=args.overrides)
     return 0
+
+
+def add_launch_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-processes", type=int, default=1, metavar="N",
+                   help="data-parallel processes through accelerate launch (one per GPU if there are GPUs, else CPU/gloo)")
+    p.add_argument("--sharding", choices=("zero2", "fsdp"),
+                   help="with --num-processes: shard gradients and optimizer states (zero2) or also parameters "
+                        "(fsdp, ZeRO-3) with FSDP2 instead of keeping full replicas")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -158,8 +183,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("items", nargs="*", help="optional config file (or bundled name), then dotted.key=value overrides")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its latest checkpoint")
     p.add_argument("--help-config", action="store_true", help="list every config key with its default and help")
-    p.add_argument("--num-processes", type=int, default=1, metavar="N",
-                   help="data-parallel processes through accelerate launch (CPU: gloo; add device=cuda for GPUs)")
+    add_launch_options(p)
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run (or the base model) on held-out prompts")
@@ -185,6 +209,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default bench_out/SUITE)")
     p.add_argument("--dry-run", action="store_true", help="tiny random components, one update per run (CPU check)")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides applied to every run")
+    add_launch_options(p)
     p.set_defaults(fn=cmd_bench)
     return parser
 

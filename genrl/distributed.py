@@ -7,6 +7,8 @@ timestep grouping are computed on the global batch exactly as in one process.
 Each process's loss is its share of the global mean over units, and gradients
 are summed across processes before clipping: a 2-process run follows the
 1-process run with the same global batch up to float summation order.
+With an FSDP launcher config the model is sharded instead of replicated and FSDP
+reduces the gradients (genrl.sharding).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ class Dist:
         if self.world == 1:
             return value
         return float(self.gather(torch.tensor([float(value)], dtype=torch.float64)).sum())
+
+    def max(self, value: int) -> int:
+        if self.world == 1:
+            return value
+        return int(self.gather(torch.tensor([int(value)], dtype=torch.int64)).max())
 
     def gather_objects(self, obj) -> list:
         if self.world == 1:

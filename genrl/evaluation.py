@@ -71,10 +71,14 @@ def evaluate(
     shift: float = 1.0,
     micro_batch: int = 16,
     reward=None,
+    sampler=sample_ode,
 ) -> tuple[dict, Tensor, list[str]]:
-    """({score, partial?, per_category?, per_prompt}, images, the prompt of each image)."""
+    """({score, partial?, per_category?, per_prompt}, images, the prompt of each image).
+
+    `sampler` has sample_ode's signature (the trainer passes one that shares rows out among processes).
+    """
     repeated, seeds = evaluation_seeds(prompts, images_per_prompt)
-    images = sample_ode(adapter, repeated, seeds, num_steps, shift, micro_batch)
+    images = sampler(adapter, repeated, seeds, num_steps, shift, micro_batch)
     if is_shapeworld(list(prompts)):
         from genrl import shapeworld
 

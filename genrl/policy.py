@@ -23,18 +23,21 @@ from genrl import dynamics, keys
 from genrl.models.base import ModelAdapter
 
 
-def fixed_shape_calls(fn, batch_size: int, micro_batch: int, *tensors):
-    """Run `fn(*rows)` on slices of exactly `micro_batch` rows, padding the last by repeating its final row."""
+def fixed_shape_calls(fn, batch_size: int, micro_batch: int, *tensors, min_calls: int = 0):
+    """Run `fn(*rows)` on slices of exactly `micro_batch` rows, padding the last by repeating its final row.
+
+    `min_calls` adds calls on padding rows until there are that many: a sharded model must be called
+    equally often on every process. Their outputs stay in the graph (sliced away after the
+    concatenation), so backward also passes through every call on every process.
+    """
     outputs = []
-    for start in range(0, batch_size, micro_batch):
-        stop = min(start + micro_batch, batch_size)
-        pad = micro_batch - (stop - start)
-        chunk = [t[start:stop] for t in tensors]
+    for start in range(0, max(batch_size, min_calls * micro_batch), micro_batch):
+        rows = [t[min(start, batch_size - 1) : min(start + micro_batch, batch_size)] for t in tensors]
+        pad = micro_batch - rows[0].shape[0]
         if pad:
-            chunk = [torch.cat([c, c[-1:].expand(pad, *c.shape[1:])]) for c in chunk]
-        out = fn(*chunk)
-        outputs.append(out[: stop - start] if pad else out)
-    return torch.cat(outputs)
+            rows = [torch.cat([r, r[-1:].expand(pad, *r.shape[1:])]) for r in rows]
+        outputs.append(fn(*rows))
+    return torch.cat(outputs)[:batch_size]
 
 
 class VelocityModule(nn.Module):
@@ -45,6 +48,7 @@ class VelocityModule(nn.Module):
         self.adapter = adapter
         self.micro_batch = micro_batch
         self.calls = 0  # model evaluations of real rows, for NFE accounting
+        self.min_rows = 0  # sharded training: call the model as often as this many rows need (lockstep)
 
     def forward(self, latents: Tensor, sigma: Tensor, context: TensorDict) -> Tensor:
         n = latents.shape[0]
@@ -60,7 +64,7 @@ class VelocityModule(nn.Module):
 
         return fixed_shape_calls(
             call, n, self.micro_batch, latents.reshape(n, *latents.shape[-len(self.adapter.latent_shape):]),
-            sigma.reshape(n), *[v for _, v in items]
+            sigma.reshape(n), *[v for _, v in items], min_calls=-(-self.min_rows // self.micro_batch),
         )
 
 

@@ -13,7 +13,7 @@ import torch
 import yaml
 from tensordict import TensorDictBase
 
-from genrl import checkpoint, evaluation, keys
+from genrl import checkpoint, evaluation, keys, sharding
 from genrl.advantages import combine_rewards, compute_advantages, zero_std_fraction
 from genrl.build import Components, build
 from genrl.config import Config
@@ -21,7 +21,6 @@ from genrl.distributed import Dist
 from genrl.grids import save_grid
 from genrl.policy import velocity_module
 from genrl.rewards import checked_call
-
 
 EVAL_GRID_SEEDS = 2  # images per prompt shown in an evaluation's PNG grid
 
@@ -69,6 +68,9 @@ class Trainer:
         shard = (self.dist.rank, self.dist.world)
         self.parts = components or build(cfg, shard=shard)  # all input checked before anything is written
         self.run_dir = Path(run_dir or cfg.run_dir or default_run_dir(cfg))
+        self.sharding = sharding.from_launcher() if self.dist.world > 1 else None
+        if self.sharding is not None:  # before the optimizer: sharding replaces the parameters
+            sharding.shard_denoiser(self.parts.adapter, self.sharding)
         params = self.parts.adapter.trainable_parameters()
         if not params:
             raise ValueError(f"model {cfg.model.name!r} has no trainable parameters (check model.options.finetune)")
@@ -124,15 +126,27 @@ class Trainer:
         unit_ids = torch.unique(unit)
         global_units = self.dist.sum(len(unit_ids))  # the loss is a mean over the units of all processes
         self.optimizer.zero_grad(set_to_none=True)
+        batches = _unit_batches(unit, unit_ids, self.cfg.sampling.micro_batch)
+        passes = [(steps[torch.isin(unit, batch)], len(batch)) for batch in batches]
+        if self.sharding is not None:
+            passes += self._lockstep_filler(passes, rollout)
         parts = []
-        for batch in _unit_batches(unit, unit_ids, self.cfg.sampling.micro_batch):
-            out = self.parts.loss(steps[torch.isin(unit, batch)])
+        calls = velocity_module(self.parts.policy)
+        lockstep_rows = self._lockstep_rows([len(batch_steps) for batch_steps, _ in passes])
+        for (batch_steps, weight), rows in zip(passes, lockstep_rows):
+            before, calls.min_rows = calls.calls, rows
+            out = self.parts.loss(batch_steps)
+            calls.min_rows = 0
+            if not weight:  # a lockstep filler is not work the NFE budget pays for
+                calls.calls = before
             total = sum(v for k, v in out.items() if k.startswith("loss_"))
-            (total * len(batch) / global_units).backward()
-            parts.append({k: float(v.detach()) for k, v in out.items()} | {"weight": len(batch)})
+            (total * weight / global_units).backward()
+            if weight:
+                parts.append({k: float(v.detach()) for k, v in out.items()} | {"weight": weight})
         params = self.optimizer.param_groups[0]["params"]
-        self.dist.sum_gradients(params)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.train.max_grad_norm))
+        if self.sharding is None:  # FSDP reduces gradients itself during backward
+            self.dist.sum_gradients(params)
+        grad_norm = sharding.grad_norm(params, self.cfg.train.max_grad_norm)
         stats = _merge_stats([s for rank in self.dist.gather_objects(parts) for s in rank], weight_key="weight")
         if math.isfinite(grad_norm) and all(math.isfinite(v) for v in stats.values()):
             self.optimizer.step()
@@ -142,6 +156,32 @@ class Trainer:
             stats["skipped"] = 1.0
         stats["grad_norm"] = grad_norm
         return stats
+
+    def _lockstep_rows(self, sizes: list[int]) -> list[int]:
+        """Per backward pass, the most rows any process has in it (sharded runs; else 0: no padding).
+
+        Every process then calls the sharded model as often in each pass (see fixed_shape_calls).
+        """
+        if self.sharding is None:
+            return [0] * len(sizes)
+        return self.dist.gather(torch.tensor([sizes])).amax(0).tolist()
+
+    def _lockstep_filler(self, passes: list, rollout: TensorDictBase) -> list:
+        """Zero-weight backward passes so every process makes as many as the busiest one.
+
+        A sharded model gathers its parameters collectively in each forward and backward,
+        and processes may hold different numbers of units in a minibatch (even none).
+        """
+        missing = self.dist.max(len(passes)) - len(passes)
+        if not missing:
+            return []
+        if passes:
+            filler = passes[0][0]
+        else:
+            filler = rollout[torch.tensor([0]), torch.tensor([0])]
+            filler.set(keys.ADVANTAGE, torch.zeros(1, device=filler.device))
+            filler.set("unit", torch.zeros(1, dtype=torch.long, device=filler.device))
+        return [(filler, 0)] * missing
 
     def iteration(self) -> dict:
         start = time.perf_counter()
@@ -184,7 +224,8 @@ class Trainer:
         if self.dist.is_main:
             self._prepare_run_dir()
         self.dist.barrier()
-        summary: dict = {"run_dir": str(self.run_dir), "algorithm": self.cfg.algorithm, "seed": self.cfg.seed}
+        summary: dict = {"run_dir": str(self.run_dir), "algorithm": self.cfg.algorithm, "seed": self.cfg.seed,
+                         "processes": self.dist.world, "sharding": self.sharding.name if self.sharding else "none"}
         if base_eval:
             summary["base_eval"] = self.evaluate("base")
         bar = _progress_bar(self.cfg.train.updates, self.progress.update, log.progress and self.dist.is_main)
@@ -217,6 +258,7 @@ class Trainer:
         summary.update(updates=self.progress.update, nfe=self.progress.nfe, wall_s=round(self.progress.wall_s, 1))
         if self.dist.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.dist.barrier()  # every process sees the run finished (the bench harness looks)
         return summary
 
     def _budget_spent(self) -> bool:
@@ -224,15 +266,17 @@ class Trainer:
         return self.progress.update >= self.cfg.train.updates or (budget is not None and self.progress.nfe >= budget)
 
     def evaluate(self, tag: str) -> dict:
-        """Held-out evaluation on the main process (deterministic: fixed prompts and seeds)."""
-        if not self.dist.is_main:
-            self.dist.barrier()
-            return {"score": float("nan")}
+        """Held-out evaluation (deterministic: fixed prompts and seeds), its images shared out
+        evenly among the processes; the main process writes it."""
         c = self.cfg
         result, images, prompts = evaluation.evaluate(
             self.parts.adapter, self.parts.eval_prompts, c.log.eval_seeds, c.sampling.eval_steps,
             c.eval_shift_for(self.parts.adapter), c.sampling.micro_batch, self.parts.reward,
+            sampler=self._sample_shared_out,
         )
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return result
         out = self.run_dir / "eval"
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{tag}.json").write_text(json.dumps(result, indent=2))
@@ -242,6 +286,14 @@ class Trainer:
                   columns=min(c.log.eval_seeds, EVAL_GRID_SEEDS) * 4)
         self.dist.barrier()
         return result
+
+    def _sample_shared_out(self, adapter, prompts: list[str], seeds: list[int], *args) -> torch.Tensor:
+        """sample_ode with each process taking an equal slice of rows (the last row repeated to fill)."""
+        n, rank, world = len(prompts), self.dist.rank, self.dist.world
+        per = -(-n // world)
+        rows = [min(i, n - 1) for i in range(rank * per, (rank + 1) * per)]
+        images = evaluation.sample_ode(adapter, [prompts[i] for i in rows], [seeds[i] for i in rows], *args)
+        return self.dist.gather(images)[:n]
 
     def _check_bad_updates(self, metrics: dict) -> None:
         self.progress.bad_in_a_row = self.progress.bad_in_a_row + 1 if metrics["skipped"] > 0 else 0
@@ -276,10 +328,17 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
+        trainable = self.parts.adapter.trainable_state_dict()
+        if self.sharding is not None:  # gathered whole on every process (collectives)
+            trainable = sharding.full_tensors(trainable)
+            optimizer = sharding.optimizer_state(self.parts.adapter.transformer, self.optimizer)
+        else:
+            optimizer = self.optimizer.state_dict()
         state = {
             "update": self.progress.update,
             "progress": self.progress.__dict__.copy(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
+            "sharded": self.sharding is not None,  # the optimizer state's layout (by name, or by index)
             "torch_rng": torch.get_rng_state(),
             "generator": self.generator.get_state(),
             "env_rng": self.parts.env.rng.get_state(),
@@ -287,14 +346,23 @@ class Trainer:
         }
         path = self.run_dir / "checkpoints"
         if self.dist.is_main:
-            path = checkpoint.save(self.run_dir, self.progress.update, self.parts.adapter.trainable_state_dict(), state)
+            path = checkpoint.save(self.run_dir, self.progress.update, trainable, state)
         self.dist.barrier()
         return path
 
     def load_checkpoint(self, path: str | Path | None = None) -> None:
-        trainable, state = checkpoint.load(path or checkpoint.latest(self.run_dir))
-        self.parts.adapter.load_trainable_state_dict(trainable)
-        self.optimizer.load_state_dict(state["optimizer"])
+        path = path or checkpoint.latest(self.run_dir)
+        trainable, state = checkpoint.load(path)
+        written_sharded = state.get("sharded", False)
+        if written_sharded != (self.sharding is not None):  # the optimizer state's layout differs
+            kind, how = ("sharded", "with --sharding zero2 or fsdp") if written_sharded else ("replicated", "without --sharding")
+            raise checkpoint.CheckpointError(f"checkpoint {path} was written by a {kind} run: resume it {how}")
+        if self.sharding is not None:
+            self.parts.adapter.load_trainable_state_dict(sharding.shard_like(trainable, self.parts.adapter))
+            sharding.load_optimizer_state(self.parts.adapter.transformer, self.optimizer, state["optimizer"])
+        else:
+            self.parts.adapter.load_trainable_state_dict(trainable)
+            self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         self.generator.set_state(state["generator"])
         self.parts.env.rng.set_state(state["env_rng"])

@@ -133,6 +133,25 @@ def test_fixed_shape_calls_pads_to_one_shape():
     assert shapes == [4, 4] and torch.equal(out[:, 0], torch.arange(7.0) * 2)
 
 
+def test_fixed_shape_calls_min_calls_pads_with_calls_that_stay_in_the_graph():
+    """Lockstep for sharded models: extra calls on padding rows, reached by backward, not in the output."""
+    reached = []
+
+    def fn(x):
+        y = x * 2
+        y.register_hook(lambda g: reached.append(g.shape[0]))
+        return y
+
+    leaf = torch.arange(5.0, requires_grad=True)
+    x = leaf.unsqueeze(1)
+    out = fixed_shape_calls(fn, 5, 4, x, min_calls=3)
+    assert out.shape == (5, 1) and torch.equal(out[:, 0], torch.arange(5.0) * 2)
+    out.sum().backward()
+    assert reached == [4, 4, 4]  # backward passed through all three calls
+    assert torch.equal(leaf.grad, torch.full((5,), 2.0))  # padding rows add nothing
+    assert fixed_shape_calls(lambda r: r, 5, 4, x, min_calls=1).shape == (5, 1)  # never fewer calls than rows need
+
+
 def test_stochastic_steps_window_and_last_step():
     assert stochastic_steps(5).tolist() == [True, True, True, True, False]
     assert stochastic_steps(6, [1, 2]).tolist() == [False, True, True, False, False, False]

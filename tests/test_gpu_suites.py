@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from genrl import config, models, rewards
 from genrl.benchmarks.harness import run_suite
 from genrl.benchmarks.suite import load_suite, plan_runs
+
+from genrl import config, models, rewards
 from genrl.build import build_algorithm
 from genrl.models.flux import flux_shift
 
@@ -103,3 +103,21 @@ def test_gpu_suite_dry_run_finishes_on_cpu(name, tmp_path, monkeypatch):
     assert written["dry_run"] and len(written["runs"]) == 9
     assert all(r["status"] == "finished" and r["updates"] == 1 for r in results["runs"])
     assert {r["label"] for r in results["runs"]} == set(ALGORITHMS)
+
+
+@pytest.mark.slow
+def test_gpu_suite_dry_run_with_two_sharded_processes(tmp_path):
+    """`genrl bench SUITE --num-processes 2 --sharding zero2`: every run trains in both processes
+    (gloo), the main process alone reports and writes the suite's files."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "genrl", "bench", "sd35m-geneval-like", "--dry-run", "--out", str(out),
+                          "--num-processes", "2", "--sharding", "zero2"], capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-3000:]
+    written = json.loads((out / "results.json").read_text())
+    assert all(r["status"] == "finished" and r["updates"] == 1 for r in written["runs"]) and len(written["runs"]) == 9
+    assert run.stdout.count("[9/9]") == 2  # one "training" and one "final" line: printed once, not per process
+    summary = json.loads((Path(written["runs"][0]["run_dir"]) / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["sharding"] == "zero2 (FSDP2, ZeRO-2)"

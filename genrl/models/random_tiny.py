@@ -325,31 +325,43 @@ def _built(kind: str):
     """The files of `kind` ('sd3', 'flux', 'clip', 'hpsv2', 'imagereward'), written on first use.
 
     The global RNG is left untouched (builders seed themselves), so a run's random
-    streams do not depend on whether the components were already built.
+    streams do not depend on whether the components were already built. In a
+    multi-process run transformers writes weights on rank 0 only, so rank 0 builds
+    and the other processes use its files (every process asks for the same kinds in order).
     """
-    global _ROOT
     if kind not in _BUILT:
-        if _ROOT is None:
-            _ROOT = Path(tempfile.mkdtemp(prefix="genrl-tiny-random-"))
-            atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
-        with torch.random.fork_rng(devices=[]):
-            if kind == "sd3":
-                _BUILT[kind] = make_tiny_sd3(_ROOT / "sd3")
-            elif kind == "flux":
-                _BUILT[kind] = make_tiny_flux(_ROOT / "flux")
-            elif kind == "clip":
-                _BUILT[kind] = make_tiny_clip(_ROOT / "clip")
-            elif kind == "hpsv2":
-                from transformers import CLIPModel
-
-                (_ROOT / "hpsv2").mkdir()
-                _BUILT[kind] = _ROOT / "hpsv2" / "HPS_v2.1_compressed.pt"
-                torch.save(open_clip_state_dict(CLIPModel.from_pretrained(_built("clip"))), _BUILT[kind])
-            elif kind == "imagereward":
-                _BUILT[kind] = make_tiny_imagereward(_ROOT / "imagereward")[:2]
-            else:  # pragma: no cover - programming error
-                raise ValueError(f"unknown tiny component {kind!r}")
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            box = [_build(kind) if torch.distributed.get_rank() == 0 else None]
+            torch.distributed.broadcast_object_list(box, src=0)
+            _BUILT[kind] = box[0]
+        else:
+            _BUILT[kind] = _build(kind)
     return _BUILT[kind]
+
+
+def _build(kind: str):
+    global _ROOT
+    if _ROOT is None:
+        _ROOT = Path(tempfile.mkdtemp(prefix="genrl-tiny-random-"))
+        atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
+    with torch.random.fork_rng(devices=[]):
+        if kind == "sd3":
+            return make_tiny_sd3(_ROOT / "sd3")
+        if kind == "flux":
+            return make_tiny_flux(_ROOT / "flux")
+        if kind == "clip":
+            return make_tiny_clip(_ROOT / "clip")
+        if kind == "hpsv2":
+            from transformers import CLIPModel
+
+            clip = _BUILT.get("clip") or make_tiny_clip(_ROOT / "hpsv2-clip")  # not _built: no collective here
+            (_ROOT / "hpsv2").mkdir()
+            path = _ROOT / "hpsv2" / "HPS_v2.1_compressed.pt"
+            torch.save(open_clip_state_dict(CLIPModel.from_pretrained(clip)), path)
+            return path
+        if kind == "imagereward":
+            return make_tiny_imagereward(_ROOT / "imagereward")[:2]
+    raise ValueError(f"unknown tiny component {kind!r}")  # pragma: no cover - programming error
 
 
 def _no_location(name: str, options: dict) -> None:
