@@ -23,9 +23,10 @@ AdvantageEstimator = Callable[[Tensor, Tensor], Tensor]
 def group_stats(values: Tensor, group_id: Tensor) -> tuple[Tensor, Tensor]:
     """Per-row mean and (population) std of the row's group, [N] each."""
     groups, inverse = torch.unique(group_id, return_inverse=True)
-    count = torch.zeros(len(groups)).index_add_(0, inverse, torch.ones_like(values))
-    mean = torch.zeros(len(groups)).index_add_(0, inverse, values) / count
-    var = torch.zeros(len(groups)).index_add_(0, inverse, (values - mean[inverse]) ** 2) / count
+    zeros = torch.zeros(len(groups), dtype=values.dtype, device=values.device)
+    count = zeros.index_add(0, inverse, torch.ones_like(values))
+    mean = zeros.index_add(0, inverse, values) / count
+    var = zeros.index_add(0, inverse, (values - mean[inverse]) ** 2) / count
     return mean[inverse], var.sqrt()[inverse]
 
 
@@ -54,7 +55,7 @@ def combine_rewards(components: Tensor, weights: Tensor, group_id: Tensor, norma
         components = torch.stack(columns, dim=1)
     elif normalize != "none":
         raise ValueError(f"reward.normalize must be 'none' or 'group', got {normalize!r}")
-    return components @ weights
+    return components @ weights.to(components)
 
 
 def compute_advantages(rewards: Tensor, group_id: Tensor, estimator: str = "per_prompt", clip: float = 5.0) -> Tensor:
@@ -66,5 +67,5 @@ def zero_std_fraction(rewards: Tensor, group_id: Tensor) -> float:
     """Fraction of groups whose rewards are all equal (they give no learning signal)."""
     _, std = group_stats(rewards.float(), group_id)
     groups, inverse = torch.unique(group_id, return_inverse=True)
-    per_group = torch.zeros(len(groups)).scatter(0, inverse, (std < 1e-8).float())  # rows of a group agree
+    per_group = torch.zeros(len(groups), device=std.device).scatter(0, inverse, (std < 1e-8).float())  # rows of a group agree
     return float(per_group.mean())

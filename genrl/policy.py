@@ -76,7 +76,7 @@ class DynamicsHead(nn.Module):
         if kind not in dynamics.MEAN_STD:
             raise ValueError(f"unknown dynamics {kind!r}; choose one of {sorted(dynamics.MEAN_STD)}")
         self.register_buffer("sigmas", sigmas.float())  # [K + 1]
-        self.register_buffer("stochastic", stochastic.bool())  # [K]
+        self.register_buffer("stochastic", stochastic.bool().to(sigmas.device))  # [K], indexed by steps on that device
         self.kind = kind
         self.params = dict(params)
         if kind == "flow_sde":

@@ -104,7 +104,7 @@ class Trainer:
         process); each process optimises its own rows of them.
         """
         lo, n = self.dist.rank * rollout.batch_size[0], rollout.batch_size[0]
-        units = self.parts.algorithm.units(self.dist.gather(rollout.get(keys.L1_REL)), self.progress.update, self.generator)
+        units = self.parts.algorithm.units(self.dist.gather(rollout.get(keys.L1_REL)).cpu(), self.progress.update, self.generator)
         self.parts.loss.combine = units.combine
         assignment = units.assignment[lo : lo + n]  # [n, K], this process's trajectories
         local_groups = group_id[lo : lo + n]
@@ -121,8 +121,8 @@ class Trainer:
         traj = rows[row_idx]
         unit = traj * assignment.shape[1] + assignment[traj, step_idx]  # unit id, unique within the batch
         steps = rollout[traj, step_idx]
-        steps.set(keys.ADVANTAGE, advantages[traj])
-        steps.set("unit", unit)
+        steps.set(keys.ADVANTAGE, advantages[traj].to(steps.device))
+        steps.set("unit", unit.to(steps.device))
         unit_ids = torch.unique(unit)
         global_units = self.dist.sum(len(unit_ids))  # the loss is a mean over the units of all processes
         self.optimizer.zero_grad(set_to_none=True)
@@ -189,8 +189,10 @@ class Trainer:
         calls.calls = 0
         rollout, prompts, images = self.collect()
         rewards = self.score(images, prompts, rollout.get(keys.GROUP_ID)[:, 0])
-        all_rewards = self.dist.gather(rewards)  # groups are whole on each process; gathered for global stats
-        group_id = self.dist.gather(rollout.get(keys.GROUP_ID)[:, 0])
+        # Groups are whole on each process; rewards are gathered for global statistics. The
+        # bookkeeping (advantages, units, minibatches) is done on the CPU, the model's work on cfg.device.
+        all_rewards = self.dist.gather(rewards).cpu()
+        group_id = self.dist.gather(rollout.get(keys.GROUP_ID)[:, 0]).cpu()
         advantages = compute_advantages(all_rewards, group_id, self.cfg.algo.advantage, self.cfg.train.adv_clip)
         lo = self.dist.rank * rollout.batch_size[0]
         stats = self.optimise(rollout, advantages[lo : lo + rollout.batch_size[0]], group_id)

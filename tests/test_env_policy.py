@@ -177,3 +177,11 @@ def test_gymnasium_env_passes_the_checker_and_wraps_in_torchrl():
     assert terminated and total > 0 and obs["step"] == 3
     rollout = GymWrapper(env.unwrapped).rollout(3)
     assert rollout["next", "reward"].shape == (3, 1)
+
+
+def test_dynamics_head_keeps_its_step_mask_on_the_device_of_its_sigmas():
+    """Steps arrive on the model's device; a step mask left on the CPU failed the first CUDA run."""
+    from genrl.policy import DynamicsHead
+
+    head = DynamicsHead(torch.linspace(1, 0, 5).to("meta"), stochastic_steps(4), "dance_sde")
+    assert head.stochastic.device == head.sigmas.device == torch.device("meta")
