@@ -172,7 +172,8 @@ class Config:
             start, size = (a.sde_window if ok else (0, 0))
             ok = ok and size >= 1 and start >= 0 and start + size <= self.sampling.num_steps - 1
             _check(ok, f"{key}.sde_window", a.sde_window,
-                   f"[start, size] with size >= 1 inside the first {self.sampling.num_steps - 1} steps")
+                   f"[start, size] with size >= 1 inside the first {self.sampling.num_steps - 1} steps "
+                   f"(sampling.num_steps={self.sampling.num_steps}; {key}.sde_window=null trains every step)")
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)

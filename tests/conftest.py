@@ -41,10 +41,15 @@ def prompt_file(tmp_path):
     return path
 
 
+# The bundled config trains a window of steps; tests of whole trajectories (and few steps) turn it off.
+EVERY_STEP = ["flow_grpo.sde_window=null", "dance_grpo.sde_window=null", "chunk_grpo.sde_window=null"]
+
+
 @pytest.fixture
 def toy_overrides(prompt_file, tmp_path):
     """Config overrides for a seconds-long run on the toy model."""
     return [
+        *EVERY_STEP,
         "model.name=toy",
         "model.options={}",
         "reward.name=toy_brightness",

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from conftest import EVERY_STEP
 from safetensors.torch import load_file
 
 PROMPTS = ["a red circle", "a blue square", "two green triangles", "a yellow square above a red circle"]
@@ -15,7 +16,7 @@ def overrides(tmp_path, run):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
     return [
-        "model.options={pretrained: false, num_layers: 1, attention_head_dim: 8, finetune: full}",
+        *EVERY_STEP, "model.options={pretrained: false, num_layers: 1, attention_head_dim: 8, finetune: full}",
         "reward.name=brightness", "reward.options={}", f"prompts.train={prompts}", f"prompts.eval={prompts}",
         "sampling.num_steps=4", "sampling.eval_steps=2", "sampling.micro_batch=4", "train.updates=3",
         "train.prompts_per_update=2", "train.group_size=2", "train.minibatches=2", "log.progress=false",

@@ -110,7 +110,7 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "genrl", "train", "model.options={pretrained: false, num_layers: 1, attention_head_dim: 8}",
          "reward.name=brightness", "reward.options={}", f"prompts.train={prompts}", f"prompts.eval={prompts}",
-         "sampling.num_steps=3", "sampling.eval_steps=2", "train.updates=1000", "train.prompts_per_update=2",
+         "sampling.num_steps=3", "chunk_grpo.sde_window=null", "sampling.eval_steps=2", "train.updates=1000", "train.prompts_per_update=2",
          "train.group_size=2", "log.progress=false", "log.eval_at_start=false", "log.eval_seeds=1",
          "log.sample_every=0", "log.checkpoint_every=1000", f"run_dir={run}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

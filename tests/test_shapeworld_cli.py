@@ -69,7 +69,8 @@ def tiny_overrides(prompt_file):
 
 def test_the_main_job_config_trains_the_shipped_model(prompt_file, tmp_path, capsys):
     cfg = config.load()
-    assert (cfg.algorithm, cfg.model.name, cfg.reward.name) == ("chunk_grpo", "tiny", "shapeeval")
+    assert (cfg.algorithm, cfg.model.name, cfg.reward.name) == ("chunk_grpo", "tiny", "multi")
+    assert [(r["name"], r["options"]["mode"]) for r in cfg.reward.options["rewards"]] == [("shapeeval", "strict"), ("shapeeval", "partial")]
     assert cfg.prompts.train == "shapeworld:train" and cfg.prompts.eval == "shapeworld:eval"
     run = tmp_path / "main"
     assert cli.main(["train", *tiny_overrides(prompt_file), f"run_dir={run}", "train.updates=2"]) == 0
