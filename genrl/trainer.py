@@ -127,15 +127,15 @@ class Trainer:
         global_units = self.dist.sum(len(unit_ids))  # the loss is a mean over the units of all processes
         self.optimizer.zero_grad(set_to_none=True)
         batches = _unit_batches(unit, unit_ids, self.cfg.sampling.micro_batch)
-        passes = [(steps[torch.isin(unit, batch)], len(batch)) for batch in batches]
+        masks, weights = [torch.isin(unit, batch) for batch in batches], [len(batch) for batch in batches]
         if self.sharding is not None:
-            passes += self._lockstep_filler(passes, rollout)
+            steps, masks, weights = self._lockstep_filler(steps, masks, weights, rollout)
         parts = []
         calls = velocity_module(self.parts.policy)
-        lockstep_rows = self._lockstep_rows([len(batch_steps) for batch_steps, _ in passes])
-        for (batch_steps, weight), rows in zip(passes, lockstep_rows):
+        lockstep_rows = self._lockstep_rows([int(mask.sum()) for mask in masks])
+        for mask, weight, rows in zip(masks, weights, lockstep_rows):
             before, calls.min_rows = calls.calls, rows
-            out = self.parts.loss(batch_steps)
+            out = self.parts.loss(steps[mask])  # one pass's steps at a time: they are copies
             calls.min_rows = 0
             if not weight:  # a lockstep filler is not work the NFE budget pays for
                 calls.calls = before
@@ -166,22 +166,24 @@ class Trainer:
             return [0] * len(sizes)
         return self.dist.gather(torch.tensor([sizes])).amax(0).tolist()
 
-    def _lockstep_filler(self, passes: list, rollout: TensorDictBase) -> list:
-        """Zero-weight backward passes so every process makes as many as the busiest one.
+    def _lockstep_filler(self, steps, masks: list, weights: list, rollout: TensorDictBase) -> tuple:
+        """(steps, masks, weights) with zero-weight passes added so that every process makes as
+        many backward passes as the busiest one.
 
         A sharded model gathers its parameters collectively in each forward and backward,
         and processes may hold different numbers of units in a minibatch (even none).
         """
-        missing = self.dist.max(len(passes)) - len(passes)
+        missing = self.dist.max(len(masks)) - len(masks)
         if not missing:
-            return []
-        if passes:
-            filler = passes[0][0]
+            return steps, masks, weights
+        if not masks:  # nothing of this minibatch here: one step of the rollout stands in
+            steps = rollout[torch.tensor([0]), torch.tensor([0])]
+            steps.set(keys.ADVANTAGE, torch.zeros(1, device=steps.device))
+            steps.set("unit", torch.zeros(1, dtype=torch.long, device=steps.device))
+            filler = torch.ones(1, dtype=torch.bool)
         else:
-            filler = rollout[torch.tensor([0]), torch.tensor([0])]
-            filler.set(keys.ADVANTAGE, torch.zeros(1, device=filler.device))
-            filler.set("unit", torch.zeros(1, dtype=torch.long, device=filler.device))
-        return [(filler, 0)] * missing
+            filler = masks[0]
+        return steps, masks + [filler] * missing, weights + [0] * missing
 
     def iteration(self) -> dict:
         start = time.perf_counter()
