@@ -40,19 +40,17 @@ class Sharding:
         return "fsdp (ZeRO-3)" if self.reshard_after_forward else "zero2 (FSDP2, ZeRO-2)"
 
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "false").lower() in ("1", "true", "yes")
-
-
 def from_launcher() -> Sharding | None:
     """The sharding that `accelerate launch --config_file ...` asked for, or None (full replicas)."""
-    if _flag("ACCELERATE_USE_DEEPSPEED"):
+    from accelerate.utils import parse_flag_from_env
+
+    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
         raise ConfigError(
             "the accelerate config asks for DeepSpeed, which genrl does not drive (its engine owns backward "
             "and the optimizer step, while genrl's update makes a variable number of backward passes); "
             f"for ZeRO stage 2 use {CONFIGS}/zero2.yaml (FSDP2 with the same sharding), for stage 3 {CONFIGS}/fsdp.yaml"
         )
-    if not _flag("ACCELERATE_USE_FSDP"):
+    if not parse_flag_from_env("ACCELERATE_USE_FSDP"):
         return None
     version = os.environ.get("FSDP_VERSION", "1")
     if version != "2":
