@@ -107,8 +107,8 @@ def _load_policy_model(run: str | None):
         raise FileNotFoundError(f"{run!r} is neither a run directory (with config.yaml) nor a checkpoint directory")
     cfg = config.from_dict(config.load_yaml(run_path / "config.yaml"))
     adapter = build_model(cfg)
-    trainable, _ = checkpoint.load(ckpt or checkpoint.latest(run_path))
-    adapter.load_trainable_state_dict(trainable)
+    trainable, state = checkpoint.load(ckpt or checkpoint.latest(run_path))
+    adapter.load_trainable_state_dict(state.get("ema", trainable))  # the average the run evaluated (train.ema)
     return cfg, adapter
 
 

@@ -71,7 +71,12 @@ class TrainConfig:
     prompts_per_update: int = _field(8, "distinct prompts per rollout batch")
     group_size: int = _field(8, "G, samples per prompt (a GRPO group); at least 2")
     minibatches: int = _field(2, "optimizer steps per rollout batch (trajectories split evenly, groups kept whole)")
-    lr: float = _field(3e-4, "AdamW learning rate")
+    lr: float = _field(3e-4, "AdamW learning rate (the peak, under a schedule)")
+    lr_schedule: str = _field("constant", "learning rate over the updates: constant, or cosine decay to 0 at train.updates",
+                              choices=("constant", "cosine"))
+    warmup: int = _field(0, "updates of linear learning-rate warm-up from 0")
+    ema: float = _field(0.0, "decay per update of an average of the trained weights that evaluation, checkpoints "
+                        "and `genrl eval RUN_DIR` use (rollouts use the live weights); 0: no average")
     weight_decay: float = _field(1e-4, "AdamW weight decay")
     max_grad_norm: float = _field(1.0, "gradient-norm clip")
     adv_clip: float = _field(5.0, "advantages are clamped to ±adv_clip")
@@ -156,6 +161,8 @@ class Config:
         _check(self.sampling.num_steps >= 2, "sampling.num_steps", self.sampling.num_steps, "an integer >= 2")
         _check(self.sampling.micro_batch >= 1, "sampling.micro_batch", self.sampling.micro_batch, "an integer >= 1")
         _check(self.train.lr > 0, "train.lr", self.train.lr, "a positive float")
+        _check(self.train.warmup >= 0, "train.warmup", self.train.warmup, "an integer >= 0")
+        _check(0 <= self.train.ema < 1, "train.ema", self.train.ema, "a float in [0, 1) (0: no average)")
         _check(
             self.train.minibatches >= 1 and self.train.prompts_per_update % self.train.minibatches == 0,
             "train.minibatches",

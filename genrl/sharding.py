@@ -100,6 +100,17 @@ def shard_denoiser(adapter: nn.Module, sharding: Sharding) -> None:
                 unit.set_force_sum_reduction_for_comms(True)
 
 
+def reshard(module: nn.Module) -> None:
+    """Put every FSDP unit of `module` back in its sharded state: under zero2 a forward pass leaves the
+    parameters gathered (plain tensors) until the next backward, and code that reads or writes them
+    as DTensors (the weight average) needs them sharded."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for unit in module.modules():
+        if isinstance(unit, FSDPModule):
+            unit.reshard()
+
+
 def is_sharded(tensor: Tensor) -> bool:
     from torch.distributed.tensor import DTensor
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -18,6 +19,7 @@ from genrl.advantages import combine_rewards, compute_advantages, zero_std_fract
 from genrl.build import Components, build
 from genrl.config import Config
 from genrl.distributed import Dist
+from genrl.ema import ParameterEMA
 from genrl.grids import save_grid
 from genrl.policy import velocity_module
 from genrl.rewards import checked_call
@@ -75,6 +77,10 @@ class Trainer:
         if not params:
             raise ValueError(f"model {cfg.model.name!r} has no trainable parameters (check model.options.finetune)")
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.ema = None
+        if cfg.train.ema:
+            settle = (lambda: sharding.reshard(self.parts.adapter)) if self.sharding is not None else (lambda: None)
+            self.ema = ParameterEMA(self.parts.adapter, cfg.train.ema, settle)
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)  # unit draws and minibatch order
         self.progress = Progress()
         self.monitor = StabilityMonitor(cfg)
@@ -190,6 +196,8 @@ class Trainer:
         calls = velocity_module(self.parts.policy)
         calls.calls = 0
         rollout, prompts, images = self.collect()
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.cfg.train, self.progress.update)
         rewards = self.score(images, prompts, rollout.get(keys.GROUP_ID)[:, 0])
         # Groups are whole on each process; rewards are gathered for global statistics. The
         # bookkeeping (advantages, units, minibatches) is done on the CPU, the model's work on cfg.device.
@@ -198,6 +206,8 @@ class Trainer:
         advantages = compute_advantages(all_rewards, group_id, self.cfg.algo.advantage, self.cfg.train.adv_clip)
         lo = self.dist.rank * rollout.batch_size[0]
         stats = self.optimise(rollout, advantages[lo : lo + rollout.batch_size[0]], group_id)
+        if self.ema is not None:
+            self.ema.update()
         self.progress.update += 1
         self.progress.nfe += int(self.dist.sum(calls.calls))
         elapsed = time.perf_counter() - start
@@ -273,11 +283,12 @@ class Trainer:
         """Held-out evaluation (deterministic: fixed prompts and seeds), its images shared out
         evenly among the processes; the main process writes it."""
         c = self.cfg
-        result, images, prompts = evaluation.evaluate(
-            self.parts.adapter, self.parts.eval_prompts, c.log.eval_seeds, c.sampling.eval_steps,
-            c.eval_shift_for(self.parts.adapter), c.sampling.micro_batch, self.parts.reward,
-            sampler=self._sample_shared_out,
-        )
+        with self.ema.applied() if self.ema is not None else contextlib.nullcontext():
+            result, images, prompts = evaluation.evaluate(
+                self.parts.adapter, self.parts.eval_prompts, c.log.eval_seeds, c.sampling.eval_steps,
+                c.eval_shift_for(self.parts.adapter), c.sampling.micro_batch, self.parts.reward,
+                sampler=self._sample_shared_out,
+            )
         if not self.dist.is_main:
             self.dist.barrier()
             return result
@@ -333,8 +344,10 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         trainable = self.parts.adapter.trainable_state_dict()
+        average = self.ema.average if self.ema is not None else None
         if self.sharding is not None:  # gathered whole on every process (collectives)
             trainable = sharding.full_tensors(trainable)
+            average = sharding.full_tensors(average) if average is not None else None
             optimizer = sharding.optimizer_state(self.parts.adapter.transformer, self.optimizer)
         else:
             optimizer = self.optimizer.state_dict()
@@ -348,6 +361,8 @@ class Trainer:
             "env_rng": self.parts.env.rng.get_state(),
             "prompt_sampler": self.parts.env.sampler.state_dict(),
         }
+        if average is not None:  # what evaluation used and `genrl eval RUN_DIR` loads
+            state["ema"] = {k: v.detach().cpu() for k, v in average.items()}
         path = self.run_dir / "checkpoints"
         if self.dist.is_main:
             path = checkpoint.save(self.run_dir, self.progress.update, trainable, state)
@@ -367,6 +382,9 @@ class Trainer:
         else:
             self.parts.adapter.load_trainable_state_dict(trainable)
             self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            average = state["ema"]
+            self.ema.load(sharding.shard_like(average, self.parts.adapter) if self.sharding is not None else average)
         torch.set_rng_state(state["torch_rng"])
         self.generator.set_state(state["generator"])
         self.parts.env.rng.set_state(state["env_rng"])
@@ -375,6 +393,15 @@ class Trainer:
         if self.dist.is_main:
             _truncate_metrics(self.run_dir / "metrics.jsonl", self.progress.update)
         self.dist.barrier()
+
+
+def learning_rate(train, update: int) -> float:
+    """The learning rate of update `update` (0-based), from the update index alone so a resumed run
+    continues the schedule without scheduler state."""
+    factor = min(1.0, (update + 1) / (train.warmup + 1)) if train.warmup else 1.0
+    if train.lr_schedule == "cosine":
+        factor *= 0.5 * (1.0 + math.cos(math.pi * min(update, train.updates) / max(train.updates, 1)))
+    return train.lr * factor
 
 
 def _truncate_metrics(path: Path, update: int) -> None:

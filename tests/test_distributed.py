@@ -62,6 +62,10 @@ def assert_same_runs(a, b, update=3, atol=1e-6):
     assert pa.keys() == pb.keys()
     for k in pa:
         torch.testing.assert_close(pa[k], pb[k], rtol=1e-4, atol=atol)
+    ema_a, ema_b = (torch.load(r / "checkpoints" / f"update_{update:06d}" / "state.pt").get("ema") for r in (a, b))
+    assert (ema_a is None) == (ema_b is None)
+    for k in ema_a or {}:
+        torch.testing.assert_close(ema_a[k], ema_b[k], rtol=1e-4, atol=atol)
 
 
 def train(*args):
@@ -77,7 +81,7 @@ def test_sharded_runs_match_one_process_and_resume_exactly(tmp_path, finetune):
     stopped after 2 updates and resumed ends where an uninterrupted one does."""
     def args(run, *extra):
         items = [o.replace("finetune: full", f"finetune: {finetune}") for o in overrides(tmp_path, run)]
-        return [*items, "log.checkpoint_every=1", *extra]
+        return [*items, "log.checkpoint_every=1", "train.ema=0.5", *extra]  # the average is sharded like the weights
 
     train(*args("one"))
     train("--num-processes", "2", "--sharding", "fsdp", *args("fsdp"))

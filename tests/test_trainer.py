@@ -48,10 +48,11 @@ def test_training_changes_the_trainable_parameters_only(toy_overrides):
     assert changed and changed <= trainable
 
 
-def test_resume_continues_exactly(toy_overrides, tmp_path):
-    straight = config.load(overrides=toy_overrides + ["train.updates=4", f"run_dir={tmp_path / 'a'}"])
+@pytest.mark.parametrize("extra", [[], ["train.ema=0.5"]], ids=["live", "ema"])
+def test_resume_continues_exactly(toy_overrides, tmp_path, extra):
+    straight = config.load(overrides=toy_overrides + extra + ["train.updates=4", f"run_dir={tmp_path / 'a'}"])
     Trainer(straight).run()
-    first = config.load(overrides=toy_overrides + ["train.updates=2", f"run_dir={tmp_path / 'b'}"])
+    first = config.load(overrides=toy_overrides + extra + ["train.updates=2", f"run_dir={tmp_path / 'b'}"])
     Trainer(first).run()
     assert cli.main(["train", "--resume", str(tmp_path / "b"), "train.updates=4"]) == 0
     measured = {"wall_s", "images_per_s", "peak_mem_mb"}  # timings and memory, not results
@@ -62,6 +63,10 @@ def test_resume_continues_exactly(toy_overrides, tmp_path):
     a = load_file(tmp_path / "a" / "checkpoints" / "update_000004" / "trainable.safetensors")
     b = load_file(tmp_path / "b" / "checkpoints" / "update_000004" / "trainable.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ema_a, ema_b = (torch.load(tmp_path / r / "checkpoints" / "update_000004" / "state.pt").get("ema") for r in "ab")
+    assert (ema_a is None) == (not extra)
+    if extra:
+        assert all(torch.equal(ema_a[k], ema_b[k]) for k in a)
 
 
 def test_resume_refuses_to_change_the_experiment(toy_overrides, tmp_path, capsys):
@@ -140,3 +145,40 @@ def test_same_seed_same_initial_adapter_whatever_the_global_rng():
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     other = [p.detach() for p in build_model(config.load("shapeworld", ["seed=1"])).trainable_parameters()]
     assert not all(torch.equal(a, b) for a, b in zip(first, other))
+
+
+def test_learning_rate_schedules():
+    from genrl.trainer import learning_rate
+
+    train = config.TrainConfig(lr=1e-3, updates=100)
+    assert [learning_rate(train, u) for u in (0, 50, 99)] == [1e-3] * 3
+    train.lr_schedule = "cosine"
+    lrs = [learning_rate(train, u) for u in range(100)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[50] == pytest.approx(5e-4) and 0 < lrs[-1] < 1e-5
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    train.warmup = 4
+    assert [learning_rate(train, u) / lrs[u] for u in range(6)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0])
+
+
+def test_the_trainer_follows_the_schedule_and_resumes_on_it(toy_overrides, tmp_path):
+    from genrl.trainer import learning_rate
+
+    schedule = ["train.lr_schedule=cosine", "train.warmup=1", "train.updates=4"]
+    straight = config.load(overrides=toy_overrides + schedule + [f"run_dir={tmp_path / 'a'}"])
+    Trainer(straight).run()
+    logged = [m["lr"] for m in read_metrics(tmp_path / "a")]
+    assert logged == pytest.approx([learning_rate(straight.train, u) for u in range(4)])
+    assert logged[0] < logged[1] > logged[2] > logged[3]  # warm-up, then the decay
+    interrupted = config.load(overrides=toy_overrides + schedule + [f"run_dir={tmp_path / 'b'}"])
+    trainer = Trainer(interrupted)
+    iteration = trainer.iteration
+
+    def interrupted_after_two():  # as Ctrl-C during update 2 would
+        metrics = iteration()
+        trainer._stop_requested = metrics["update"] == 2
+        return metrics
+
+    trainer.iteration = interrupted_after_two
+    assert trainer.run()["interrupted_at"] == 2
+    assert cli.main(["train", "--resume", str(tmp_path / "b")]) == 0
+    assert [m["lr"] for m in read_metrics(tmp_path / "b")] == logged

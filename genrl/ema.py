@@ -1,0 +1,53 @@
+"""An exponential moving average of the trained parameters, for evaluation (flow_grpo's `train.ema`).
+
+GRPO's updates are noisy: the policy after the last update is one draw around where training is
+heading. The average over the last ~1/(1 - decay) updates is what the run evaluates, checkpoints
+beside the live weights, and what `genrl eval RUN_DIR` / `genrl sample RUN_DIR` load. Rollouts
+always use the live weights (the optimiser's policy), so the average does not change training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from genrl.models.base import ModelAdapter
+
+
+class ParameterEMA:
+    def __init__(self, adapter: ModelAdapter, decay: float, settle: Callable[[], None] = lambda: None):
+        """`settle` puts the parameters in the layout the average keeps (sharding.reshard under FSDP)."""
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"train.ema must be in (0, 1) (or 0 for no average), got {decay}")
+        self.adapter = adapter
+        self.decay = decay
+        self.settle = settle
+        settle()
+        self.average = adapter.trainable_state_dict()  # copies; sharded like the parameters under FSDP
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.settle()
+        live = dict(self.adapter.named_parameters())
+        for name, average in self.average.items():
+            average.lerp_(live[name].detach(), 1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        """Within this context the adapter holds the averaged weights; the live ones come back after."""
+        self.settle()
+        live = self.adapter.trainable_state_dict()
+        self.adapter.load_trainable_state_dict(self.average)
+        try:
+            yield
+        finally:
+            self.settle()
+            self.adapter.load_trainable_state_dict(live)
+
+    def load(self, average: dict[str, Tensor]) -> None:
+        with torch.no_grad():
+            for name, tensor in average.items():
+                self.average[name].copy_(tensor)
