@@ -9,7 +9,7 @@ always use the live weights (the optimiser's policy), so the average does not ch
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor

@@ -1,5 +1,6 @@
 """The trainer and CLI on the toy model: every algorithm trains, logs, checkpoints and resumes."""
 
+import itertools
 import json
 
 import pytest
@@ -155,7 +156,7 @@ def test_learning_rate_schedules():
     train.lr_schedule = "cosine"
     lrs = [learning_rate(train, u) for u in range(100)]
     assert lrs[0] == pytest.approx(1e-3) and lrs[50] == pytest.approx(5e-4) and 0 < lrs[-1] < 1e-5
-    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert all(a > b for a, b in itertools.pairwise(lrs))
     train.warmup = 4
     assert [learning_rate(train, u) / lrs[u] for u in range(6)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0])
 
