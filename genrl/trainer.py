@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import signal
@@ -17,7 +18,7 @@ from tensordict import TensorDictBase
 from genrl import checkpoint, evaluation, keys, sharding
 from genrl.advantages import combine_rewards, compute_advantages, zero_std_fraction
 from genrl.build import Components, build
-from genrl.config import Config
+from genrl.config import Config, TrainConfig
 from genrl.distributed import Dist
 from genrl.ema import ParameterEMA
 from genrl.grids import save_grid
@@ -79,8 +80,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.ema = None
         if cfg.train.ema:
-            settle = (lambda: sharding.reshard(self.parts.adapter)) if self.sharding is not None else (lambda: None)
-            self.ema = ParameterEMA(self.parts.adapter, cfg.train.ema, settle)
+            settle = {} if self.sharding is None else {"settle": functools.partial(sharding.reshard, self.parts.adapter)}
+            self.ema = ParameterEMA(self.parts.adapter, cfg.train.ema, **settle)
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)  # unit draws and minibatch order
         self.progress = Progress()
         self.monitor = StabilityMonitor(cfg)
@@ -395,7 +396,7 @@ class Trainer:
         self.dist.barrier()
 
 
-def learning_rate(train, update: int) -> float:
+def learning_rate(train: TrainConfig, update: int) -> float:
     """The learning rate of update `update` (0-based), from the update index alone so a resumed run
     continues the schedule without scheduler state."""
     factor = min(1.0, (update + 1) / (train.warmup + 1)) if train.warmup else 1.0
