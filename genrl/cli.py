@@ -62,14 +62,13 @@ def _relaunch_with_accelerate(args: argparse.Namespace, rest: list[str]) -> int:
     """
     import subprocess
 
-    import torch
-
-    on_gpu = torch.cuda.is_available() and not any(item.startswith("device=cpu") for item in rest)
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.num_processes)]
     if args.sharding:  # an FSDP launcher config (genrl.sharding); accelerate takes the GPUs if any, else gloo on CPU
         command += ["--config_file", str(Path(__file__).parent / "configs" / "accelerate" / f"{args.sharding}.yaml")]
     else:
-        command += ["--multi_gpu"] if on_gpu else ["--cpu"]
+        # `--multi_gpu` is accelerate's torch.distributed launcher, whatever the device: with `--cpu`
+        # accelerate starts a single process, so N CPU processes would silently be one.
+        command += ["--multi_gpu"]
     command += ["-m", "genrl", args.command, *rest]
     return subprocess.call(command)
 

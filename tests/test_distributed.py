@@ -31,6 +31,8 @@ def test_two_processes_match_one_process(tmp_path):
     two = subprocess.run([sys.executable, "-m", "genrl", "train", "--num-processes", "2", *overrides(tmp_path, "two")],
                          capture_output=True, text=True)
     assert two.returncode == 0, two.stderr[-2000:]
+    # accelerate's `--cpu` launcher starts one process whatever --num_processes says: check there were two
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2
     m1 = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     m2 = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert len(m1) == len(m2) == 3
