@@ -20,6 +20,7 @@ import time
 import torch
 
 from genrl.models.lora import add_lora
+from genrl.trainer import avoid_cudnn_attention
 
 # Published transformer configs (model_index.json's transformer/config.json of each repository).
 SD35M = dict(
@@ -94,6 +95,7 @@ def timed(fn, device: str, repeat: int) -> tuple[float, float]:
 
 def measure(model: str, tiny: bool, device: str, repeat: int) -> dict:
     s = SETTINGS[model]
+    avoid_cudnn_attention(device)  # the attention backends the trainer uses
     resolution = 64 if tiny else s["resolution"]
     transformer = build(model, tiny, device)
     params = sum(p.numel() for p in transformer.parameters())

@@ -6,6 +6,7 @@
 #   B. the bf16 CUDA path of the real SD3 and FLUX adapters (tiny random weights), 2 updates each
 #   C. real-size denoisers (random weights, bf16, LoRA r32): rollout call and training pass speed, peak memory
 #   D. ShapeWorld with 8x the main job's batch (32 prompts x 16), for issue 4's question "do larger batches help?"
+#   E. where a bf16 CUDA training pass turns non-finite, if it does (benchmarks/nonfinite_probe.py)
 set -u
 OUT=${OUT:-gpu_check_out}
 mkdir -p "$OUT"
@@ -53,4 +54,10 @@ python3 -c "
 import json; m=[json.loads(l) for l in open('$OUT/D_big_batch/metrics.jsonl')]
 b=json.load(open('$OUT/D_big_batch/eval/base.json'))['score']
 print('updates', len(m), 's/update', round(m[-1]['wall_s']/len(m), 2), 'base', round(b, 3), 'evals', [(x['update'], round(x['eval_score'], 3)) for x in m if 'eval_score' in x])"
+stage "E non-finite probe: FLUX and SD3 velocity backward per attention backend, one FLUX update under anomaly mode"
+for model in flux sd3; do timeout 60 python3 -m genrl.benchmarks.nonfinite_probe --model tiny-random-$model --dtype bf16 2>&1 | grep -v "Warning\|warn\|Writing\|Loading\|with kernel"; done
+timeout 60 python3 -m genrl.benchmarks.nonfinite_probe --train flux model.name=tiny-random-flux \
+  "model.options={lora_rank: 4, lora_alpha: 8, dtype: bf16, device: cuda}" reward.name=tiny-random-hpsv2 "reward.options={}" \
+  prompts.train=benchmarks/suites/tiny-random-prompts.txt prompts.eval=benchmarks/suites/tiny-random-prompts.txt device=cuda \
+  train.prompts_per_update=2 train.group_size=2 sampling.eval_steps=2 sampling.micro_batch=4 run_dir="$OUT/E_flux" 2>&1 | tail -3
 stage done

@@ -183,3 +183,18 @@ def test_the_trainer_follows_the_schedule_and_resumes_on_it(toy_overrides, tmp_p
     assert trainer.run()["interrupted_at"] == 2
     assert cli.main(["train", "--resume", str(tmp_path / "b")]) == 0
     assert [m["lr"] for m in read_metrics(tmp_path / "b")] == logged
+
+
+def test_cuda_runs_keep_attention_off_the_cudnn_backend():
+    """cuDNN's SDPA backward gave NaN gradients for FLUX in bf16 on an H100 (README, GPU check)."""
+    from genrl.trainer import avoid_cudnn_attention
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        avoid_cudnn_attention("cpu")
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+        avoid_cudnn_attention("cuda:1")
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
