@@ -13,7 +13,7 @@ def test_probe_reports_a_finite_pass(capsys):
 
 
 def test_probe_names_the_backward_op_that_returns_nan(capsys, monkeypatch):
-    import genrl.models as models
+    from genrl import models
 
     real_load = models.load
 
