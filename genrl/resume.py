@@ -21,6 +21,18 @@ def resume_config(run_dir: str | Path, overrides: list[str]) -> config.Config:
             raise config.ConfigError(
                 f"override {key!r} is not allowed on resume; only {', '.join(RESUMABLE_PREFIXES)}* may change"
             )
-    data = config.apply_overrides(config.load_yaml(path), overrides)
+    saved = config.load_yaml(path)
+    data = config.apply_overrides(saved, overrides)
+    _check_schedule_horizon(config.from_dict(saved).train, config.from_dict(data).train)
     data["run_dir"] = str(run_dir)
     return config.from_dict(data)
+
+
+def _check_schedule_horizon(saved: config.TrainConfig, resumed: config.TrainConfig) -> None:
+    """A cosine schedule decays to 0 at train.updates: moving its end would jump the learning rate mid-run."""
+    if saved.lr_schedule == "cosine" and resumed.updates != saved.updates:
+        raise config.ConfigError(
+            f"train.updates={resumed.updates} on resume: this run's cosine learning-rate schedule ends at "
+            f"train.updates={saved.updates}, and moving its end would jump the learning rate mid-run; "
+            "start a new run (or a constant schedule) to train longer"
+        )

@@ -161,7 +161,7 @@ def test_learning_rate_schedules():
     assert [learning_rate(train, u) / lrs[u] for u in range(6)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0])
 
 
-def test_the_trainer_follows_the_schedule_and_resumes_on_it(toy_overrides, tmp_path):
+def test_the_trainer_follows_the_schedule_and_resumes_on_it(toy_overrides, tmp_path, capsys):
     from genrl.trainer import learning_rate
 
     schedule = ["train.lr_schedule=cosine", "train.warmup=1", "train.updates=4"]
@@ -181,6 +181,8 @@ def test_the_trainer_follows_the_schedule_and_resumes_on_it(toy_overrides, tmp_p
 
     trainer.iteration = interrupted_after_two
     assert trainer.run()["interrupted_at"] == 2
+    assert cli.main(["train", "--resume", str(tmp_path / "b"), "train.updates=6"]) == 2  # would move the decay's end
+    assert "cosine learning-rate schedule ends at train.updates=4" in capsys.readouterr().err
     assert cli.main(["train", "--resume", str(tmp_path / "b")]) == 0
     assert [m["lr"] for m in read_metrics(tmp_path / "b")] == logged
 
