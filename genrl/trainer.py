@@ -50,10 +50,9 @@ def peak_memory_mb(device: str) -> float:
 def avoid_cudnn_attention(device: str) -> None:
     """On CUDA, keep scaled_dot_product_attention off the cuDNN backend (flash / memory-efficient take over).
 
-    Measured on an H100 (torch 2.11, bf16): one Chunk-GRPO update of a FLUX transformer gave NaN
-    gradients, and anomaly mode named ScaledDotProductCudnnAttentionBackward0; with this backend
-    disabled the same update was finite. cuDNN's SDPA backward has known NaN bugs at some shapes
-    (pytorch/pytorch#196678), and the forward passes gain nothing from it at these sizes.
+    Measured on an H100 (bf16): one Chunk-GRPO update of a FLUX transformer gave NaN gradients, and
+    anomaly mode named ScaledDotProductCudnnAttentionBackward0; with this backend disabled the same
+    update was finite. cuDNN's SDPA backward has known NaN bugs at some shapes (pytorch/pytorch#196678).
     """
     if str(device).startswith("cuda"):
         torch.backends.cuda.enable_cudnn_sdp(False)
