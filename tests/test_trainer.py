@@ -135,7 +135,8 @@ def test_same_seed_same_initial_adapter_whatever_the_global_rng():
     multi-process run start from one set of weights (the global generator starts at random per process)."""
     from genrl.build import build_model
 
-    cfg = config.load("shapeworld")
+    lora = ["model.options={finetune: lora}"]  # the default fine-tunes fully: no random init to check
+    cfg = config.load("shapeworld", lora)
 
     def initial_weights():
         torch.seed()  # whatever state the process is in
@@ -144,7 +145,7 @@ def test_same_seed_same_initial_adapter_whatever_the_global_rng():
     first, second = initial_weights(), initial_weights()
     assert any(p.abs().sum() > 0 for p in first)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
-    other = [p.detach() for p in build_model(config.load("shapeworld", ["seed=1"])).trainable_parameters()]
+    other = [p.detach() for p in build_model(config.load("shapeworld", [*lora, "seed=1"])).trainable_parameters()]
     assert not all(torch.equal(a, b) for a, b in zip(first, other))
 
 
