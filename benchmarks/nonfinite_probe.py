@@ -1,7 +1,7 @@
 """Where does a training pass first turn non-finite? (runs whose metrics say `skipped`)
 
-    python -m benchmarks.nonfinite_probe --model tiny-random-flux --dtype bf16 --device cuda
-    python -m benchmarks.nonfinite_probe --train flux model.name=tiny-random-flux ...   # one update of a run
+    python -m genrl.benchmarks.nonfinite_probe --model tiny-random-flux --dtype bf16 --device cuda
+    python -m genrl.benchmarks.nonfinite_probe --train flux model.name=tiny-random-flux ...   # one update of a run
 
 The first form calls the model's velocity once with LoRA (r 4) and backpropagates
 a squared-velocity loss, once per attention backend that the device has; for
@@ -79,9 +79,10 @@ def probe_velocity(name: str, dtype: str, device: str, backends: list[str], sigm
 
 def probe_training(items: list[str]) -> None:
     from genrl import config
+    from genrl.cli import _split_config_and_overrides
     from genrl.trainer import Trainer
 
-    path, overrides = (items[0], items[1:]) if items and "=" not in items[0] else (None, items)
+    path, overrides = _split_config_and_overrides(items)
     cfg = config.load(path, [*overrides, "train.updates=1", "log.eval_at_start=false", "log.eval_every=0",
                              "log.progress=false", "log.sample_every=0"])
     trainer = Trainer(cfg)

@@ -23,9 +23,10 @@ def resume_config(run_dir: str | Path, overrides: list[str]) -> config.Config:
             )
     saved = config.load_yaml(path)
     data = config.apply_overrides(saved, overrides)
-    _check_schedule_horizon(config.from_dict(saved).train, config.from_dict(data).train)
     data["run_dir"] = str(run_dir)
-    return config.from_dict(data)
+    cfg = config.from_dict(data)
+    _check_schedule_horizon(config.from_dict(saved).train, cfg.train)
+    return cfg
 
 
 def _check_schedule_horizon(saved: config.TrainConfig, resumed: config.TrainConfig) -> None:
