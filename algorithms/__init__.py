@@ -1,10 +1,14 @@
-"""Algorithms by name: `genrl.algorithms.get("chunk_grpo")`. Each is one short module."""
+"""Algorithms by name: `genrl.algorithms.get("chunk_grpo")`. Each is one short module.
+
+The registry is `genrl.config.ALGORITHMS`, so that config can parse an algorithm's section
+(its options class and defaults) without importing this package; `register` fills it, from
+here for the built-in algorithms and from a user's own module for theirs.
+"""
 
 from __future__ import annotations
 
-from genrl.registry import Registry
+from genrl.config import ALGORITHMS
 
-ALGORITHMS: Registry = Registry("algorithm")
 register = ALGORITHMS.register
 
 
@@ -19,7 +23,8 @@ def names() -> list[str]:
 
 # Import order matters: the modules register themselves.
 from genrl.algorithms import grouping  # noqa: E402
-from genrl.algorithms import chunk_grpo, dance_grpo, flow_grpo  # noqa: E402,F401
 from genrl.algorithms.base import Algorithm  # noqa: E402
+from genrl.algorithms.grpo import GRPO  # noqa: E402
+from genrl.algorithms import chunk_grpo, dance_grpo, flow_grpo  # noqa: E402,F401
 
-__all__ = ["ALGORITHMS", "Algorithm", "get", "grouping", "names", "register"]
+__all__ = ["ALGORITHMS", "GRPO", "Algorithm", "get", "grouping", "names", "register"]

@@ -1,30 +1,50 @@
-"""What every algorithm shares: dynamics + timestep grouping + sample grouping + loss options.
+"""What an algorithm is: a sampler, a sample and timestep grouping, an objective (docs/architecture.md).
 
-An algorithm module only states its choices (class attribute `defaults`, the
-fields of `genrl.config.AlgorithmOptions`) and, where its paper says so, how
-it differs; the rollout, the loss and the trainer are shared.
+An algorithm module states its choices as class attributes (`defaults`, the fields of its
+`options_class`) and overrides what its paper does differently. The trainer calls, per update:
+
+    advantages(rewards, group_id, clip)      sample grouping: rewards [N] -> advantages [N]
+    training_batch(rollout, ctx)             the rollout (with keys.ADVANTAGE) -> rows by trajectory
+    objective(rows)                          -> TensorDict of loss_* terms and diagnostics
+    after_step()                             after every optimizer step (e.g. soft-update an "old" policy)
+
+and once, when the run is built: `make_policy` (the sampler of rollouts) and `make_objective`.
+State the algorithm keeps across updates goes into checkpoints through `state_dict()` /
+`load_state_dict()`. The GRPO family (`algorithms/grpo.py`) implements all of it for per-step
+log-ratios; an algorithm of another family subclasses `Algorithm` directly.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
-from genrl.algorithms import grouping
+from tensordict import TensorDictBase
+from torch import Tensor
+
+from genrl.advantages import compute_advantages
 from genrl.config import AlgorithmOptions
-from genrl.policy import stochastic_steps
+from genrl.models.base import ModelAdapter
+from genrl.objective import Objective
+from genrl.policy import ModelCalls, make_policy, stochastic_steps
+from genrl.training_batch import TrainingBatch, UpdateContext
 
 
 class Algorithm:
     name: ClassVar[str] = ""
     defaults: ClassVar[dict] = {}
+    options_class: ClassVar[type] = AlgorithmOptions  # the dataclass its config section maps onto
 
-    def __init__(self, options: AlgorithmOptions, num_steps: int):
+    def __init__(self, options, num_steps: int):
         self.options = options
         self.num_steps = num_steps
-        self.strategy = grouping.get(options.grouping)
 
-    def stochastic_steps(self) -> torch.Tensor:
+    # -- the sampler ------------------------------------------------------------------
+    @property
+    def shared_noise(self) -> bool:
+        """Sample grouping: the G samples of a prompt start from one initial noise."""
+        return self.options.shared_noise
+
+    def stochastic_steps(self) -> Tensor:
         """[K] bool: steps sampled with the SDE, hence trainable; the last step is always the ODE."""
         return stochastic_steps(self.num_steps, self.options.sde_window)
 
@@ -34,10 +54,34 @@ class Algorithm:
         name = "eta" if self.options.dynamics == "dance_sde" else "a"
         return {name: self.options.noise_level}
 
-    def units(self, l1_rel: torch.Tensor, update: int, generator: torch.Generator) -> grouping.Units:
-        """Timestep grouping of this update ([N, K] L1rel of the whole batch), then the draw of a
-        fraction of units per trajectory."""
-        ctx = grouping.GroupingContext(self.stochastic_steps(), l1_rel, update, generator)
-        units = self.strategy(ctx, **self.options.grouping_options)
+    def make_policy(self, adapter: ModelAdapter, sigmas: Tensor, *, micro_batch: int, calls: ModelCalls):
+        """The rollout's actor (genrl.policy): the options' dynamics on the stochastic steps, the ODE elsewhere."""
         o = self.options
-        return grouping.draw_units(units, o.unit_fraction, generator, l1_rel, o.unit_weighting)
+        return make_policy(adapter, sigmas, self.stochastic_steps(), o.dynamics, micro_batch=micro_batch,
+                           logprob_reduce=o.logprob_reduce, calls=calls, **self.dynamics_params)
+
+    # -- sample grouping ----------------------------------------------------------------
+    def advantages(self, rewards: Tensor, group_id: Tensor, clip: float) -> Tensor:
+        """Advantages [N] of the global batch's rewards [N], clamped to ±clip."""
+        return compute_advantages(rewards, group_id, self.options.advantage, clip)
+
+    # -- the objective ------------------------------------------------------------------
+    def make_objective(self, policy, adapter: ModelAdapter) -> Objective:
+        raise NotImplementedError(f"{type(self).__name__} must define make_objective")
+
+    def training_batch(self, rollout: TensorDictBase, ctx: UpdateContext) -> TrainingBatch:
+        """This process's rows for the objective, from its rollout [n, K] (keys.ADVANTAGE per trajectory)."""
+        raise NotImplementedError(f"{type(self).__name__} must define training_batch")
+
+    def after_step(self) -> None:
+        """Called after every optimizer step that was taken (not after a skipped, non-finite one)."""
+
+    def state_dict(self) -> dict:
+        """What the algorithm keeps across updates (e.g. an "old" policy), for checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+__all__ = ["Algorithm", "TrainingBatch", "UpdateContext"]

@@ -1,5 +1,5 @@
 """Chunk-GRPO: "Sample By Step, Optimize By Chunk: Chunk-Level GRPO for Text-to-Image
-Generation", arXiv 2510.21583 (v3: GCPO). See shared CHUNK_GRPO.md.
+Generation", arXiv 2510.21583 (v3: GCPO).
 
 - Sampler: the Flow-GRPO SDE (a = 0.7), step by step as usual; the G samples of
   a prompt share their initial noise (the released code is a DanceGRPO fork).
@@ -18,12 +18,15 @@ Generation", arXiv 2510.21583 (v3: GCPO). See shared CHUNK_GRPO.md.
 """
 
 from genrl.algorithms import register
-from genrl.algorithms.base import Algorithm
+from genrl.algorithms.grpo import GRPO
 
 
 @register("chunk_grpo")
-class ChunkGRPO(Algorithm):
+class ChunkGRPO(GRPO):
     name = "chunk_grpo"
+    # The chunk log-ratio is the mean of its steps' log-ratios: the chunk ratio is their
+    # geometric mean (eq. 7), so a long chunk's ratio stays as close to 1 as a step's.
+    combine = "mean"
     defaults = dict(
         dynamics="flow_sde",
         noise_level=0.7,

@@ -11,12 +11,13 @@
 """
 
 from genrl.algorithms import register
-from genrl.algorithms.base import Algorithm
+from genrl.algorithms.grpo import GRPO
 
 
 @register("dance_grpo")
-class DanceGRPO(Algorithm):
+class DanceGRPO(GRPO):
     name = "dance_grpo"
+    combine = "mean"  # a unit is one step: its log-ratio is the step's (any rule gives the same)
     defaults = dict(
         dynamics="dance_sde",
         noise_level=0.3,

@@ -12,12 +12,13 @@
 """
 
 from genrl.algorithms import register
-from genrl.algorithms.base import Algorithm
+from genrl.algorithms.grpo import GRPO
 
 
 @register("flow_grpo")
-class FlowGRPO(Algorithm):
+class FlowGRPO(GRPO):
     name = "flow_grpo"
+    combine = "mean"  # a unit is one step: its log-ratio is the step's (any rule gives the same)
     defaults = dict(
         dynamics="flow_sde",
         noise_level=0.7,

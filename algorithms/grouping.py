@@ -1,10 +1,13 @@
-"""Timestep grouping strategies: which steps of a trajectory are optimised together (DESIGN.md §6).
+"""Timestep grouping strategies: which steps of a trajectory are optimised together
+(docs/architecture.md, "The GRPO family").
 
 A strategy maps the K steps of each trajectory (and rollout statistics) to
 optimisation units. It returns `Units`: for every (trajectory, step) the index
-of its unit within the trajectory (−1: not trained this update), and how the
-per-step log-ratios of a unit combine ("mean": the unit ratio is the geometric
-mean of its steps' ratios; "sum": their product).
+of its unit within the trajectory (−1: not trained this update). How the
+per-step log-ratios of a unit combine is the algorithm's choice ("mean": the
+unit ratio is the geometric mean of its steps' ratios, Chunk-GRPO; "sum": their
+product); a strategy that takes a `combine` option states its own, which the
+algorithm then adopts when it is built (`declared_combine`).
 
 Register your own with `@register("name")`; it receives a `GroupingContext`
 and its options from the config (`<algorithm>.grouping_options`).
@@ -12,6 +15,7 @@ and its options from the config (`<algorithm>.grouping_options`).
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -19,6 +23,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from genrl.errors import ConfigError
 from genrl.registry import Registry
 
 
@@ -41,11 +46,23 @@ class GroupingContext:
 @dataclass
 class Units:
     assignment: Tensor  # [N, K] long: unit index within the trajectory, −1 = not trained
-    combine: str = "mean"  # "mean" (geometric-mean ratio) | "sum"
+    combine: str | None = None  # "mean" | "sum": a strategy's own rule; None: the algorithm's
 
     @property
-    def units_per_trajectory(self) -> int:
+    def num_slots(self) -> int:
+        """The largest unit index + 1: the most units a trajectory can have."""
         return int(self.assignment.max().item()) + 1 if self.assignment.numel() else 0
+
+    @property
+    def units_per_trajectory(self) -> float:
+        """The mean number of units trained per trajectory (after a draw, fewer than its slots)."""
+        slots = self.num_slots
+        if slots <= 0:
+            return 0.0
+        trained = torch.zeros(self.assignment.shape[0], slots, dtype=torch.bool)
+        rows, steps = (self.assignment >= 0).nonzero(as_tuple=True)
+        trained[rows, self.assignment[rows, steps]] = True
+        return float(trained.sum(1).double().mean())
 
 
 GroupingStrategy = Callable[..., Units]
@@ -57,11 +74,20 @@ def get(name: str) -> GroupingStrategy:
     return GROUPINGS.get(name)
 
 
-def chunks_to_units(ctx: GroupingContext, sizes: list[int], combine: str = "mean") -> Units:
+def declared_combine(strategy: GroupingStrategy, options: dict) -> str | None:
+    """The `combine` rule a strategy takes as an option (its value in `options`, else the strategy's
+    default), or None when it takes none and leaves the rule to the algorithm."""
+    param = inspect.signature(strategy).parameters.get("combine")
+    if param is None:
+        return None
+    return options.get("combine", param.default)
+
+
+def chunks_to_units(ctx: GroupingContext, sizes: list[int], combine: str | None = None) -> Units:
     """Consecutive chunks of the trainable steps, from the high-noise end, the same for every trajectory."""
     steps = ctx.trainable_steps
     if sum(sizes) != len(steps):
-        raise ValueError(f"chunk sizes {sizes} must add up to the {len(steps)} trainable steps")
+        raise ConfigError(f"chunk sizes {sizes} must add up to the {len(steps)} trainable steps")
     row = torch.full(ctx.trainable.shape, -1, dtype=torch.long)
     row[steps] = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
     return Units(row.expand(ctx.num_trajectories, -1).clone(), combine)
@@ -188,7 +214,7 @@ def dynamic_chunks(ctx: GroupingContext, max_size: int | None = None) -> Units:
 
 def unit_weights(units: Units, l1_rel: Tensor, weighting: str) -> Tensor:
     """[N, U] probability of drawing each unit: uniform, ∝ mean L1rel of its steps, or softmax of it."""
-    n, u = units.assignment.shape[0], units.units_per_trajectory
+    n, u = units.assignment.shape[0], units.num_slots
     present = torch.zeros(n, u)
     mean_l1 = torch.zeros(n, u)
     for j in range(u):

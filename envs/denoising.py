@@ -1,4 +1,4 @@
-"""Text-to-image denoising as a torchrl environment whose steps are timesteps (DESIGN.md §3).
+"""Text-to-image denoising as a torchrl environment whose steps are timesteps (docs/architecture.md, "The rollout").
 
 State x_k (latent), step k, prompt condition c; action x_{k+1}; the transition
 is x ← action; the reward is 0 until the last step, where the final latent is
@@ -20,7 +20,9 @@ from torchrl.envs import EnvBase
 from torchrl.envs.utils import step_mdp
 
 from genrl import keys
+from genrl.errors import ConfigError, PromptError
 from genrl.models.base import ModelAdapter
+from genrl.noise import initial_noise
 from genrl.rewards import checked_call
 
 _TRAJECTORY_IDS = (keys.GROUP_ID, keys.NOISE_SEED, keys.STEP_SEED, keys.PROMPT_INDEX)
@@ -31,7 +33,7 @@ class PromptSampler:
 
     def __init__(self, prompts: Sequence[str], per_batch: int, seed: int = 0):
         if not prompts:
-            raise ValueError("the prompt set is empty: give at least one prompt")
+            raise PromptError("the prompt set is empty: give at least one prompt")
         self.prompts = list(prompts)
         self.per_batch = per_batch
         self.generator = torch.Generator().manual_seed(seed)
@@ -75,7 +77,7 @@ class DenoisingEnv(EnvBase):
         sampler = prompts if isinstance(prompts, PromptSampler) else PromptSampler(prompts, prompts_per_batch, seed)
         rank, world = shard
         if sampler.per_batch % world:
-            raise ValueError(
+            raise ConfigError(
                 f"{sampler.per_batch} prompts per batch cannot be split whole over {world} processes: "
                 "make train.prompts_per_update a multiple of the number of processes"
             )
@@ -124,6 +126,19 @@ class DenoisingEnv(EnvBase):
 
     def _set_seed(self, seed: int | None) -> None:
         self.rng = torch.Generator().manual_seed(0 if seed is None else seed)
+
+    # -- what a resumed run needs ----------------------------------------------------------
+    def state_dict(self, *args, **kwargs) -> dict:
+        """The env's random state: the generator of noise seeds and the prompt sampler's position.
+
+        (Not nn.Module's state_dict: the env holds no trainable state, and the adapter it
+        samples with is checkpointed on its own.)
+        """
+        return {"rng": self.rng.get_state(), "prompt_sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict, *args, **kwargs) -> None:
+        self.rng.set_state(state["rng"])
+        self.sampler.load_state_dict(state["prompt_sampler"])
 
     # -- MDP -------------------------------------------------------------------------
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
@@ -221,13 +236,6 @@ class DenoisingEnv(EnvBase):
     @property
     def prompts(self) -> list[str]:
         return list(self.batch_prompts)
-
-
-def initial_noise(seeds: torch.Tensor, latent_shape: Sequence[int]) -> torch.Tensor:
-    """x_0 ~ N(0, I), one generator per trajectory seed, so a trajectory is reproducible from its seed alone."""
-    return torch.stack(
-        [torch.randn(tuple(latent_shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds.tolist()]
-    )
 
 
 _ONCE_PER_TRAJECTORY = (keys.CONTEXT, *_TRAJECTORY_IDS)

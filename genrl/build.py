@@ -1,24 +1,33 @@
-"""From a Config to the objects of a run: model, reward, algorithm, env, policy, loss.
+"""From a Config to the objects of a run: model, reward, algorithm, env, policy, objective.
 
     from genrl import config, build
     parts = build.build(config.load(overrides=["algorithm=flow_grpo"]))
     rollout = parts.env.rollout(policy=parts.policy)      # TensorDict [N, K]
+
+The composition root: the one module that knows every layer below the trainer, including
+where the tiny random-weight stand-ins of real models and rewards live (`genrl.testing`,
+for `genrl bench --dry-run` and the tests).
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from dataclasses import dataclass
 
 import torch
 
 from genrl import algorithms, dynamics, models, rewards
+from genrl.advantages import ADVANTAGES
 from genrl.config import Config, ConfigError
 from genrl.envs import DenoisingEnv, PromptSampler
-from genrl.loss import GRPOLoss
 from genrl.models.base import ModelAdapter
-from genrl.policy import make_policy
+from genrl.objective import Objective
+from genrl.policy import ModelCalls
 from genrl.prompts import load_prompts
+
+# Names registered by genrl.testing on import: real adapters and rewards on tiny random weights.
+TESTING_PREFIX, TESTING_MODULE = "tiny-random-", "genrl.testing"
 
 
 @dataclass
@@ -29,10 +38,15 @@ class Components:
     algorithm: algorithms.Algorithm
     sigmas: torch.Tensor  # [K + 1]
     env: DenoisingEnv
-    policy: torch.nn.Module  # ProbabilisticActor
-    loss: GRPOLoss
+    policy: torch.nn.Module  # ProbabilisticActor, the sampler of rollouts
+    objective: Objective  # the algorithm's
+    calls: ModelCalls  # every model evaluation of the policy and the objective: the run's NFEs
     train_prompts: list[str]
     eval_prompts: list[str]
+
+    @property
+    def loss(self) -> Objective:
+        return self.objective
 
 
 def _check_options(fn, options: dict, key: str, skip: int = 0) -> None:
@@ -47,23 +61,29 @@ def _check_options(fn, options: dict, key: str, skip: int = 0) -> None:
 
 
 def build_algorithm(cfg: Config) -> algorithms.Algorithm:
+    """The selected algorithm with its options; names in its options (grouping, advantage) checked."""
     options = cfg.algo
-    try:
-        strategy = algorithms.grouping.get(options.grouping)
-    except KeyError as err:
-        raise ConfigError(f"{cfg.algorithm}.grouping={options.grouping!r}: {err.args[0]}") from None
-    _check_options(strategy, options.grouping_options, f"{cfg.algorithm}.grouping_options", skip=1)
-    from genrl.advantages import ADVANTAGES
-
-    if options.advantage not in ADVANTAGES:
+    if hasattr(options, "grouping"):  # the GRPO family's timestep grouping
+        try:
+            strategy = algorithms.grouping.get(options.grouping)
+        except KeyError as err:
+            raise ConfigError(f"{cfg.algorithm}.grouping={options.grouping!r}: {err.args[0]}") from None
+        _check_options(strategy, options.grouping_options, f"{cfg.algorithm}.grouping_options", skip=1)
+    if hasattr(options, "advantage") and options.advantage not in ADVANTAGES:
         raise ConfigError(f"{cfg.algorithm}.advantage={options.advantage!r} is not allowed: choose one of {', '.join(ADVANTAGES.names())}")
     return algorithms.get(cfg.algorithm)(options, cfg.sampling.num_steps)
+
+
+def _import_testing_names(name: str) -> None:
+    if name.startswith(TESTING_PREFIX):
+        importlib.import_module(TESTING_MODULE)
 
 
 def build_model(cfg: Config) -> ModelAdapter:
     # LoRA's initialisation draws from the global generator, whose start is random per process:
     # seeding here makes a run reproducible and gives every process of a multi-process run one replica.
     torch.manual_seed(cfg.seed)
+    _import_testing_names(cfg.model.name)
     try:
         adapter = models.load(cfg.model.name, **cfg.model.options)
     except KeyError as err:
@@ -74,6 +94,7 @@ def build_model(cfg: Config) -> ModelAdapter:
 
 
 def build_reward(cfg: Config):
+    _import_testing_names(cfg.reward.name)
     try:
         return rewards.load(cfg.reward.name, **cfg.reward.options)
     except KeyError as err:
@@ -90,26 +111,17 @@ def build(cfg: Config, adapter: ModelAdapter | None = None, reward=None, shard: 
     adapter = adapter if adapter is not None else build_model(cfg)
     reward = reward if reward is not None else build_reward(cfg)
     sigmas = dynamics.flow_sigmas(cfg.sampling.num_steps, cfg.shift_for(adapter))
-    o = cfg.algo
     env = DenoisingEnv(
         adapter,
         PromptSampler(train_prompts, cfg.train.prompts_per_update, seed=cfg.seed),
         sigmas,
         group_size=cfg.train.group_size,
-        shared_noise=o.shared_noise,
+        shared_noise=algorithm.shared_noise,
         seed=cfg.seed,
         device=cfg.device,
         shard=shard,
     )
-    policy = make_policy(
-        adapter,
-        sigmas.to(cfg.device),
-        algorithm.stochastic_steps(),
-        o.dynamics,
-        micro_batch=cfg.sampling.micro_batch,
-        logprob_reduce=o.logprob_reduce,
-        **algorithm.dynamics_params,
-    )
-    combine = "mean"  # strategies may ask for "sum"; the loss reads it per update
-    loss = GRPOLoss(policy, clip_range=o.clip_range, beta=o.beta, combine=combine, reference=adapter.reference)
-    return Components(cfg, adapter, reward, algorithm, sigmas, env, policy, loss, train_prompts, eval_prompts)
+    calls = ModelCalls()
+    policy = algorithm.make_policy(adapter, sigmas.to(cfg.device), micro_batch=cfg.sampling.micro_batch, calls=calls)
+    objective = algorithm.make_objective(policy, adapter)
+    return Components(cfg, adapter, reward, algorithm, sigmas, env, policy, objective, calls, train_prompts, eval_prompts)

@@ -15,9 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing or cannot be read."""
+from genrl.errors import CheckpointError
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

@@ -8,8 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-# Errors that name their cause get one line, not a traceback (GENRL_DEBUG=1 shows it).
-USAGE_ERRORS = (ValueError, KeyError, OSError, RuntimeError)
+from genrl.errors import CheckpointError, ConfigError, PromptError, UserError
 
 
 def _split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
@@ -50,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _launched_here(args: argparse.Namespace) -> bool:
     """True when `--num-processes N` asks this process to start N others (and is not one of them)."""
     if args.sharding and args.num_processes < 2:
-        raise ValueError("--sharding needs --num-processes 2 or more")
+        raise ConfigError("--sharding needs --num-processes 2 or more")
     return args.num_processes > 1 and "WORLD_SIZE" not in os.environ
 
 
@@ -103,7 +102,7 @@ def _load_policy_model(run: str | None):
     if (run_path / "trainable.safetensors").is_file():  # a checkpoint directory
         ckpt, run_path = run_path, run_path.parent.parent
     if not (run_path / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run!r} is neither a run directory (with config.yaml) nor a checkpoint directory")
+        raise CheckpointError(f"{run!r} is neither a run directory (with config.yaml) nor a checkpoint directory")
     cfg = config.from_dict(config.load_yaml(run_path / "config.yaml"))
     adapter = build_model(cfg)
     trainable, state = checkpoint.load(ckpt or checkpoint.latest(run_path))
@@ -121,8 +120,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg, adapter = _load_policy_model(args.run)
     prompts = prompts or load_prompts(cfg.prompts.eval)
     steps = args.steps or cfg.sampling.eval_steps
+    seeds = args.seeds or cfg.log.eval_seeds  # as training evaluates, so the scores compare
     result, images, repeated = evaluation.evaluate(
-        adapter, prompts, args.seeds, steps, cfg.eval_shift_for(adapter), cfg.sampling.micro_batch,
+        adapter, prompts, seeds, steps, cfg.eval_shift_for(adapter), cfg.sampling.micro_batch,
         reward=build_reward(cfg),
     )
     out = Path(args.out)
@@ -130,7 +130,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(out)
-    grid = save_grid(images, repeated, out.with_suffix(".png"), columns=args.seeds * 2)
+    grid = save_grid(images, repeated, out.with_suffix(".png"), columns=seeds * 2)
     print(f"score {result['score']:.3f}" + (f"  partial {result['partial']:.3f}" if "partial" in result else ""))
     for cat, value in result.get("per_category", {}).items():
         print(f"  {cat:14s} {value:.3f}")
@@ -145,13 +145,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     prompts = list(args.prompt or []) + (load_prompts(args.prompts) if args.prompts else [])
     if not prompts:
-        raise ValueError("give at least one --prompt TEXT or --prompts FILE")
+        raise PromptError("give at least one --prompt TEXT or --prompts FILE")
     cfg, adapter = _load_policy_model(args.run)
-    repeated, seeds = evaluation.evaluation_seeds(prompts, args.seeds)
+    per_prompt = args.seeds or cfg.log.eval_seeds
+    repeated, seeds = evaluation.evaluation_seeds(prompts, per_prompt)
     seeds = [s + args.seed for s in seeds]
     images = evaluation.sample_ode(adapter, repeated, seeds, args.steps or cfg.sampling.eval_steps,
                                    cfg.eval_shift_for(adapter), cfg.sampling.micro_batch)
-    path = save_grid(images, repeated, Path(args.out), columns=args.seeds)
+    path = save_grid(images, repeated, Path(args.out), columns=per_prompt)
     print(f"wrote {len(repeated)} images to {path}")
     return 0
 
@@ -189,7 +190,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("run", nargs="?", help="run directory or checkpoint directory (default: the base model)")
     p.add_argument("--prompts", help="prompt file, one per line, or shapeworld:eval (default: the config's eval prompts)")
     p.add_argument("--out", default="eval.json", help="where to write the JSON result (and a PNG grid beside it)")
-    p.add_argument("--seeds", type=int, default=4, help="images per prompt (fixed seeds per prompt, the same in every run)")
+    p.add_argument("--seeds", type=int, help="images per prompt, fixed seeds per prompt (default: log.eval_seeds of "
+                   "the run's config, or of the bundled config for the base model: the number training evaluates with)")
     p.add_argument("--steps", type=int, help="ODE steps (default: sampling.eval_steps)")
     p.set_defaults(fn=cmd_eval)
 
@@ -198,7 +200,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     p.add_argument("--prompts", help="a prompt file, one per line")
     p.add_argument("--out", default="samples.png", help="PNG grid to write")
-    p.add_argument("--seeds", type=int, default=4, help="images per prompt")
+    p.add_argument("--seeds", type=int, help="images per prompt (default: log.eval_seeds of the run's or the bundled config)")
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--steps", type=int, help="ODE steps (default: sampling.eval_steps)")
     p.set_defaults(fn=cmd_sample)
@@ -240,11 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("genrl: interrupted", file=sys.stderr)
         return 130
-    except USAGE_ERRORS as err:
+    except UserError as err:  # one line; anything else is a bug or the machine's and keeps its traceback
         if os.environ.get("GENRL_DEBUG"):
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"genrl: error: {message}", file=sys.stderr)
+        print(f"genrl: error: {err}", file=sys.stderr)
         return 2
 
 

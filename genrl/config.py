@@ -1,9 +1,11 @@
-"""Typed configuration: YAML maps one to one onto these dataclasses (DESIGN.md §10).
+"""Typed configuration: YAML maps one to one onto these dataclasses (docs/architecture.md, "Configuration").
 
 Every field has a default and a help text; `from_dict` rejects an unknown key or
 a bad value with an error naming the key, the value and what is allowed.
 Algorithm sections (`flow_grpo:`, `chunk_grpo:` …) hold that algorithm's options
-and are parsed with that algorithm's defaults (see `genrl.algorithms`).
+and are parsed with its options class and its defaults, read from `ALGORITHMS`:
+the algorithms register themselves there when `genrl.algorithms` (or a user's
+module) is imported, and this module never imports them.
 """
 
 from __future__ import annotations
@@ -13,13 +15,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration problem a user can fix; the message names the key."""
+from genrl.errors import ConfigError
+from genrl.registry import Registry
 
 
 def _field(default: Any, help: str, choices: tuple | None = None, **kw) -> Any:
@@ -99,7 +100,11 @@ class LogConfig:
 
 @dataclass
 class AlgorithmOptions:
-    """Options every algorithm has; each algorithm registers its own defaults."""
+    """The options of the GRPO family's sections; each algorithm registers its own defaults.
+
+    An algorithm of another family declares its own options class (`Algorithm.options_class`):
+    a dataclass with at least `shift` and `shared_noise`, and optionally `validate(key, num_steps)`.
+    """
 
     dynamics: str = _field("flow_sde", "sampler of training rollouts", choices=("flow_sde", "dance_sde", "cps"))
     noise_level: float = _field(0.7, "a for flow_sde / cps, η for dance_sde")
@@ -114,6 +119,30 @@ class AlgorithmOptions:
     clip_range: float = _field(1e-4, "ε of the clipped ratio")
     beta: float = _field(0.0, "KL weight to the reference policy")
     logprob_reduce: str = _field("mean", "reduce the Gaussian log-density over latent elements", choices=("mean", "sum"))
+
+    def validate(self, key: str, num_steps: int) -> None:
+        """Invariants between the options, named under the section `key` (the algorithm's name)."""
+        _check(0 < self.unit_fraction <= 1, f"{key}.unit_fraction", self.unit_fraction, "a float in (0, 1]")
+        _check(self.clip_range > 0, f"{key}.clip_range", self.clip_range, "a positive float")
+        _check(self.beta >= 0, f"{key}.beta", self.beta, "a float >= 0")
+        if self.sde_window is not None:
+            ok = len(self.sde_window) == 2 and all(isinstance(v, int) for v in self.sde_window)
+            start, size = (self.sde_window if ok else (0, 0))
+            ok = ok and size >= 1 and start >= 0 and start + size <= num_steps - 1
+            _check(ok, f"{key}.sde_window", self.sde_window,
+                   f"[start, size] with size >= 1 inside the first {num_steps - 1} steps "
+                   f"(sampling.num_steps={num_steps}; {key}.sde_window=null trains every step)")
+
+
+class AlgorithmEntry(Protocol):
+    """What config reads of a registered algorithm (the class itself): its section's options class and defaults."""
+
+    options_class: type
+    defaults: dict
+
+
+# Filled by `genrl.algorithms.register`; read here without importing any algorithm module.
+ALGORITHMS: Registry[AlgorithmEntry] = Registry("algorithm")
 
 
 @dataclass
@@ -131,7 +160,7 @@ class Config:
     algorithms: dict = field(default_factory=dict, metadata={"help": "per-algorithm sections, by name"})
 
     @property
-    def algo(self) -> AlgorithmOptions:
+    def algo(self) -> Any:
         """The options of the selected algorithm."""
         return self.algorithms[self.algorithm]
 
@@ -169,18 +198,9 @@ class Config:
             self.train.minibatches,
             f"a divisor of train.prompts_per_update ({self.train.prompts_per_update}) so groups stay whole",
         )
-        a = self.algo
-        key = self.algorithm
-        _check(0 < a.unit_fraction <= 1, f"{key}.unit_fraction", a.unit_fraction, "a float in (0, 1]")
-        _check(a.clip_range > 0, f"{key}.clip_range", a.clip_range, "a positive float")
-        _check(a.beta >= 0, f"{key}.beta", a.beta, "a float >= 0")
-        if a.sde_window is not None:
-            ok = len(a.sde_window) == 2 and all(isinstance(v, int) for v in a.sde_window)
-            start, size = (a.sde_window if ok else (0, 0))
-            ok = ok and size >= 1 and start >= 0 and start + size <= self.sampling.num_steps - 1
-            _check(ok, f"{key}.sde_window", a.sde_window,
-                   f"[start, size] with size >= 1 inside the first {self.sampling.num_steps - 1} steps "
-                   f"(sampling.num_steps={self.sampling.num_steps}; {key}.sde_window=null trains every step)")
+        validate = getattr(self.algo, "validate", None)
+        if validate is not None:
+            validate(self.algorithm, self.sampling.num_steps)
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -256,25 +276,30 @@ def fill(cls: type, data: Any, prefix: str, base: Any | None = None) -> Any:
     return obj
 
 
-def from_dict(data: dict) -> Config:
-    """Validate and build a Config; algorithm sections are keyed by algorithm name."""
-    from genrl import algorithms
+def from_dict(data: dict, algorithms: Registry[AlgorithmEntry] | None = None) -> Config:
+    """Validate and build a Config; algorithm sections are keyed by algorithm name.
 
+    `algorithms` (default: the `ALGORITHMS` registry) gives each algorithm's options class and defaults.
+    """
+    algorithms = ALGORITHMS if algorithms is None else algorithms
     data = dict(data or {})
     algorithm_names = set(algorithms.names())
     sections = {k: data.pop(k) for k in list(data) if k in algorithm_names}
     if "algorithms" in data:
         raise ConfigError("put algorithm options under their name (e.g. 'chunk_grpo:'), not under 'algorithms:'")
     cfg = fill(Config, data, "")
+    if not algorithm_names:
+        raise ConfigError("no algorithm is registered: import genrl.algorithms (or the module of your own) first")
     if cfg.algorithm not in algorithm_names:
         raise ConfigError(f"algorithm={cfg.algorithm!r} is not allowed: choose one of {', '.join(sorted(algorithm_names))}")
     for name in sorted(algorithm_names | set(sections)):
         if name in sections or name == cfg.algorithm:
             section = dict(sections.get(name) or {})
-            defaults = dict(algorithms.get(name).defaults)
+            entry = algorithms.get(name)
+            defaults = dict(entry.defaults)
             if "grouping" in section and "grouping_options" not in section:
                 defaults.pop("grouping_options", None)  # the default options belong to the default strategy
-            cfg.algorithms[name] = fill(AlgorithmOptions, section, f"{name}.", AlgorithmOptions(**defaults))
+            cfg.algorithms[name] = fill(entry.options_class, section, f"{name}.", entry.options_class(**defaults))
     cfg.validate()
     return cfg
 

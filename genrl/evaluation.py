@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from genrl import dynamics
-from genrl.envs.denoising import initial_noise
 from genrl.models.base import ModelAdapter
+from genrl.noise import initial_noise
 from genrl.policy import fixed_shape_calls
 from genrl.prompts import is_shapeworld
 from genrl.rewards import checked_call
@@ -49,6 +49,16 @@ def sample_ode(
         v = fixed_shape_calls(call, len(prompts), micro_batch, x, sigma, *[cond.get(n) for n in names])
         x = dynamics.step("ode", x, v, sigmas[k], sigmas[k + 1]).sample
     return adapter.decode(x).float().clamp(0, 1)
+
+
+def sample_shared_out(dist, adapter: ModelAdapter, prompts: Sequence[str], seeds: Sequence[int], *args) -> Tensor:
+    """sample_ode with each process of `dist` (genrl.distributed.Dist) taking an equal slice of rows
+    (the last row repeated to fill), gathered in row order: every process calls the model equally often."""
+    n, rank, world = len(prompts), dist.rank, dist.world
+    per = -(-n // world)
+    rows = [min(i, n - 1) for i in range(rank * per, (rank + 1) * per)]
+    images = sample_ode(adapter, [prompts[i] for i in rows], [seeds[i] for i in rows], *args)
+    return dist.gather(images)[:n]
 
 
 def evaluation_seeds(prompts: Sequence[str], images_per_prompt: int) -> tuple[list[str], list[int]]:

@@ -1,6 +1,6 @@
 """Every TensorDict key genrl reads or writes, named once.
 
-The rollout contract (DESIGN.md §2–§3) is a TensorDict of batch size [N, K]:
+The rollout contract (docs/architecture.md, "The rollout") is a TensorDict of batch size [N, K]:
 N trajectories, K denoising steps. Per-step entries are dense; per-trajectory
 context (prompt embeddings, group id, noise seed) is stored once per trajectory
 and appears in the [N, K] TensorDict as a stride-0 view along K.
@@ -10,13 +10,11 @@ and appears in the [N, K] TensorDict as a stride-0 view along K.
 LATENTS = "latents"  # x_k                                  [N, K, C, H, W]
 STEP = "step"  # k                                          [N, K]
 SIGMA = "sigma"  # σ_k                                      [N, K]
-SIGMA_NEXT = "sigma_next"  # σ_{k+1}                        [N, K]
 VELOCITY = "velocity"  # v_θ(x_k, σ_k, c)                   [N, K, C, H, W] (transient)
 LOC = "loc"  # μ_θ                                          [N, K, C, H, W]
 SCALE = "scale"  # s_k                                      [N, K]
 ACTION = "action"  # x_{k+1} ~ N(μ_θ, s_k² I)               [N, K, C, H, W]
 LOG_PROB = "log_prob"  # log π_θ_old(x_{k+1} | x_k)         [N, K]
-STOCHASTIC = "stochastic"  # s_k > 0: the step can be trained [N, K]
 
 # --- torchrl bookkeeping ----------------------------------------------------------
 NEXT = "next"
@@ -31,9 +29,11 @@ POOLED_EMBEDS = "pooled_embeds"  # pooled text embedding           [N, D]
 GROUP_ID = "group_id"  # index of the prompt group               [N]
 NOISE_SEED = "noise_seed"  # seed of the initial noise          [N]
 STEP_SEED = "step_seed"  # seed of the per-step sampling noise   [N]
-PROMPT_INDEX = "prompt_index"  # position in env.prompts         [N]
+PROMPT_INDEX = "prompt_index"  # position in the prompt set        [N]
 
-# --- after reward and advantage ---------------------------------------------------
-SCORE = "score"  # final reward R                             [N]
-ADVANTAGE = "advantage"  # group-normalised, clipped A       [N]
+# --- set by the trainer on the rollout -------------------------------------------------
 L1_REL = "l1_rel"  # ‖x_{k+1} − x_k‖₁ / ‖x_k‖₁ (temporal dynamics) [N, K]
+ADVANTAGE = "advantage"  # group-normalised, clipped A, per trajectory [N] (seen along K)
+
+# --- a training batch: rows [S] an objective reads ----------------------------------------
+UNIT = "unit"  # id of the row's optimisation unit; a unit's rows share one backward pass [S]

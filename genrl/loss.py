@@ -1,4 +1,4 @@
-"""The GRPO objective over optimisation units (DESIGN.md §5).
+"""The clipped-ratio objective of the GRPO family, over optimisation units (docs/architecture.md, "Objectives").
 
 A unit u is a set of steps of one trajectory; its log-ratio ℓ_u combines the
 per-step log-ratios (mean: geometric-mean ratio, Chunk-GRPO eq. 7; sum), and
@@ -10,13 +10,14 @@ KL = mean over latent elements of (μ_θ − μ_ref)² / (2s²), averaged per un
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torch import Tensor, nn
+from torch import Tensor
 
 from genrl import dynamics, keys
+from genrl.objective import Objective
 from genrl.policy import mean_module
 
 
@@ -39,13 +40,16 @@ def clipped_surrogate(log_ratio: Tensor, advantage: Tensor, clip_range: float) -
     return torch.maximum(unclipped, clipped), (clipped > unclipped)
 
 
-class GRPOLoss(nn.Module):
+class GRPOLoss(Objective):
     """Clipped GRPO loss of a flat batch of steps [S] that carry their unit index and advantage.
 
     Reads the stored action and old log-prob, re-runs the actor for the new
     log-prob (and the reference for KL when β > 0), returns a TensorDict whose
     `loss_*` entries are summed by the caller and whose other entries are
-    detached diagnostics.
+    detached diagnostics. The loss is a mean over the units of the batch (the
+    caller weights batches by their number of units). Every option is fixed at
+    construction; `set_keys(advantage=...)` renames what it reads and rejects a
+    name that is not one of `_AcceptedKeys`.
     """
 
     @dataclass
@@ -53,26 +57,19 @@ class GRPOLoss(nn.Module):
         action: str = keys.ACTION
         log_prob: str = keys.LOG_PROB
         advantage: str = keys.ADVANTAGE
-        unit: str = "unit"
+        unit: str = keys.UNIT
         loc: str = keys.LOC
         scale: str = keys.SCALE
 
     def __init__(self, actor, clip_range: float = 1e-4, beta: float = 0.0, combine: str = "mean", reference=None):
         super().__init__()
+        if combine not in ("mean", "sum"):
+            raise ValueError(f"combine must be 'mean' or 'sum', got {combine!r}")
         self.actor = actor
         self.clip_range = clip_range
         self.beta = beta
-        self.combine = combine
+        self.combine = combine  # how a unit's per-step log-ratios make its log-ratio
         self.reference = reference  # context manager factory giving the frozen base policy
-        self.tensor_keys = self._AcceptedKeys()
-
-    def set_keys(self, **kwargs) -> "GRPOLoss":
-        allowed = {f.name for f in fields(self._AcceptedKeys)}
-        for name, key in kwargs.items():
-            if name not in allowed:
-                raise ValueError(f"{name!r} is not a key of GRPOLoss; allowed: {sorted(allowed)}")
-            setattr(self.tensor_keys, name, key)
-        return self
 
     def forward(self, td: TensorDictBase) -> TensorDict:
         k = self.tensor_keys

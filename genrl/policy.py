@@ -1,4 +1,4 @@
-"""The denoising policy as a torchrl module chain (DESIGN.md §3).
+"""The denoising policy as a torchrl module chain (docs/architecture.md, "The rollout").
 
     VelocityModule   (latents, sigma, context)  -> velocity     v_θ with guidance
     DynamicsHead     (latents, velocity, step)  -> loc, scale   μ_θ, s_k of the step's dynamics
@@ -8,9 +8,16 @@ The model always runs in micro-batches of one fixed shape (the tail padded):
 row results then do not depend on the batch they came in, so re-evaluating a
 stored action with unchanged weights gives a ratio of exactly 1 at any batch
 size, where the references drift because kernels differ by batch shape.
+
+Every call of the denoiser through a policy is charged to its `ModelCalls`: the run's
+NFE count, and (sharded training) the lockstep that makes every process call the
+model equally often.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from tensordict import TensorDict
@@ -40,19 +47,52 @@ def fixed_shape_calls(fn, batch_size: int, micro_batch: int, *tensors, min_calls
     return torch.cat(outputs)[:batch_size]
 
 
-class VelocityModule(nn.Module):
-    """v_θ(x, σ, c) through the adapter, in fixed-shape micro-batches."""
+class ModelCalls:
+    """The denoiser's evaluations through a policy (rollout, objective, reference, an "old" policy).
 
-    def __init__(self, adapter: ModelAdapter, micro_batch: int = 16):
+    `nfe` counts model evaluations of real rows (CFG counting two): the run's NFE budget.
+    Padding rows of a fixed-shape call are not counted, nor calls made under `lockstep`
+    with counted=False (a sharded run's filler passes, which are not work the budget pays for).
+    """
+
+    def __init__(self):
+        self.nfe = 0
+        self.min_rows = 0  # call the model at least as often as this many rows need
+        self.counted = True
+
+    def charge(self, rows: int, nfe_per_row: int) -> None:
+        if self.counted:
+            self.nfe += rows * nfe_per_row
+
+    def take(self) -> int:
+        """The evaluations since the last take (and start counting afresh)."""
+        nfe, self.nfe = self.nfe, 0
+        return nfe
+
+    @contextlib.contextmanager
+    def lockstep(self, min_rows: int, counted: bool = True) -> Iterator[None]:
+        """Within: every forward calls the model as often as `min_rows` rows need, and its calls are
+        charged only if `counted`. A sharded model gathers its parameters collectively in each call,
+        so every process must call it equally often (genrl.passes)."""
+        self.min_rows, self.counted = min_rows, counted
+        try:
+            yield
+        finally:
+            self.min_rows, self.counted = 0, True
+
+
+class VelocityModule(nn.Module):
+    """v_θ(x, σ, c) through the adapter, in fixed-shape micro-batches, charged to `calls`."""
+
+    def __init__(self, adapter: ModelAdapter, micro_batch: int = 16, calls: ModelCalls | None = None):
         super().__init__()
         self.adapter = adapter
         self.micro_batch = micro_batch
-        self.calls = 0  # model evaluations of real rows, for NFE accounting
-        self.min_rows = 0  # sharded training: call the model as often as this many rows need (lockstep)
+        self.calls = calls if calls is not None else ModelCalls()
 
     def forward(self, latents: Tensor, sigma: Tensor, context: TensorDict) -> Tensor:
         n = latents.shape[0]
-        self.calls += n * self.adapter.nfe_per_velocity
+        self.calls.charge(n, self.adapter.nfe_per_velocity)
         flat = context.reshape(-1) if context.batch_dims > 1 else context
         # TensorDict rows are padded with the tensors, keeping the call shape fixed.
         items = [(k, v) for k, v in flat.items(include_nested=True, leaves_only=True)]
@@ -64,7 +104,7 @@ class VelocityModule(nn.Module):
 
         return fixed_shape_calls(
             call, n, self.micro_batch, latents.reshape(n, *latents.shape[-len(self.adapter.latent_shape):]),
-            sigma.reshape(n), *[v for _, v in items], min_calls=-(-self.min_rows // self.micro_batch),
+            sigma.reshape(n), *[v for _, v in items], min_calls=-(-self.calls.min_rows // self.micro_batch),
         )
 
 
@@ -154,11 +194,15 @@ def make_policy(
     *,
     micro_batch: int = 16,
     logprob_reduce: str = "mean",
+    calls: ModelCalls | None = None,
     **dynamics_params,
 ) -> ProbabilisticActor:
-    """The actor: writes loc, scale, action and log_prob into a TensorDict holding latents, sigma, step and context."""
+    """The actor: writes loc, scale, action and log_prob into a TensorDict holding latents, sigma, step and context.
+
+    Its model evaluations are charged to `calls` (a fresh ModelCalls if none is given).
+    """
     velocity = TensorDictModule(
-        VelocityModule(adapter, micro_batch), in_keys=[keys.LATENTS, keys.SIGMA, keys.CONTEXT], out_keys=[keys.VELOCITY]
+        VelocityModule(adapter, micro_batch, calls), in_keys=[keys.LATENTS, keys.SIGMA, keys.CONTEXT], out_keys=[keys.VELOCITY]
     )
     head = TensorDictModule(
         DynamicsHead(sigmas, stochastic, kind, **dynamics_params),
@@ -183,6 +227,8 @@ def mean_module(policy: ProbabilisticActor) -> TensorDictSequential:
 
 
 def velocity_module(policy: ProbabilisticActor) -> VelocityModule:
+    """The actor's velocity model, (latents, sigma, context) -> v: an objective that evaluates the
+    model outside the actor's distribution (e.g. at re-noised samples) calls it, so the calls are counted."""
     return policy.module[0][0].module
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from genrl.errors import PromptError
+
 _SHAPEWORLD_SPLITS = ("train", "eval", "all")
 
 
-class PromptSetError(ValueError):
+class PromptSetError(PromptError):
     """A prompt source that cannot be used (missing, empty, unknown split)."""
 
 

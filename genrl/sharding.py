@@ -12,7 +12,8 @@ one FSDP unit and the transformer the root; the frozen copy of full fine-tuning
 
 A sharded module gathers its parameters with collectives, so every process must
 call it the same number of times: rollouts and evaluations give each process the
-same number of rows, and the trainer pads its backward passes to the same count.
+same number of rows, and the trainer pads its backward passes to the same count
+(genrl.passes).
 Without an FSDP launcher config processes keep full replicas and the trainer
 all-reduces gradients itself (genrl.distributed).
 """
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from genrl.config import ConfigError
+from genrl.errors import ConfigError
 
 CONFIGS = "genrl/configs/accelerate"
 
@@ -136,8 +137,9 @@ def shard_like(state: dict[str, Tensor], module: nn.Module) -> dict[str, Tensor]
     return out
 
 
-def grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
-    """clip_grad_norm_ over (possibly sharded) parameters; the global norm as a float."""
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
+    """Clip the gradients of (possibly sharded) parameters to a global norm of `max_norm` (in place);
+    returns the norm before clipping, as a float."""
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     return float(norm.full_tensor() if is_sharded(norm) else norm)
 

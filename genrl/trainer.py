@@ -1,50 +1,43 @@
-"""The trainer shared by every algorithm: collect → reward → advantage → units → update → log → checkpoint."""
+"""The trainer shared by every algorithm (docs/architecture.md, "One update"):
+collect → reward → advantage → training batch → objective → update → log → checkpoint.
+
+What differs between algorithms is asked of the algorithm (its sampler, advantages, training
+batch, objective); backward passes in lockstep are genrl.passes, the checkpoint's state
+genrl.train_state, the files of a run genrl.run_dir.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from tensordict import TensorDictBase
 
 from genrl import checkpoint, evaluation, keys, sharding
-from genrl.advantages import combine_rewards, compute_advantages, zero_std_fraction
+from genrl.advantages import combine_rewards, zero_std_fraction
 from genrl.build import Components, build
 from genrl.config import Config, TrainConfig
 from genrl.distributed import Dist
 from genrl.ema import ParameterEMA
-from genrl.grids import save_grid
-from genrl.policy import velocity_module
+from genrl.errors import ConfigError, UserError
+from genrl.metrics import StabilityMonitor, merge_stats, peak_memory_mb
+from genrl.passes import in_lockstep, unit_passes
 from genrl.rewards import checked_call
+from genrl.run_dir import RunDir, default_run_dir
+from genrl.train_state import Progress, TrainState
+from genrl.training_batch import TrainingBatch, UpdateContext
 
 EVAL_GRID_SEEDS = 2  # images per prompt shown in an evaluation's PNG grid
+__all__ = ["StabilityMonitor", "Trainer", "TrainingStopped", "avoid_cudnn_attention", "learning_rate", "train"]
 
 
-class TrainingStopped(RuntimeError):
+class TrainingStopped(UserError, RuntimeError):
     """The run stopped itself (e.g. too many non-finite updates); its checkpoint and metrics are kept."""
-
-
-def default_run_dir(cfg: Config) -> Path:
-    """cleanrl-style run name: {algorithm}__{prompts}__{seed}__{time}."""
-    prompts = cfg.prompts.train.replace(":", "-").replace("/", "_")
-    return Path("runs") / f"{cfg.algorithm}__{prompts}__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def peak_memory_mb(device: str) -> float:
-    """Peak accelerator memory (CUDA) or peak resident memory of the process (CPU), in MiB."""
-    if str(device).startswith("cuda") and torch.cuda.is_available():
-        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
 
 
 def avoid_cudnn_attention(device: str) -> None:
@@ -65,12 +58,13 @@ def l1_rel(rollout: TensorDictBase) -> torch.Tensor:
     return (x_next - x).abs().sum(dims) / x.abs().sum(dims).clamp(min=1e-12)
 
 
-@dataclass
-class Progress:
-    update: int = 0
-    nfe: int = 0
-    wall_s: float = 0.0
-    bad_in_a_row: int = 0
+def learning_rate(train: TrainConfig, update: int) -> float:
+    """The learning rate of update `update` (0-based), from the update index alone so a resumed run
+    continues the schedule without scheduler state."""
+    factor = min(1.0, (update + 1) / (train.warmup + 1)) if train.warmup else 1.0
+    if train.lr_schedule == "cosine":
+        factor *= 0.5 * (1.0 + math.cos(math.pi * min(update, train.updates) / max(train.updates, 1)))
+    return train.lr * factor
 
 
 class Trainer:
@@ -80,178 +74,116 @@ class Trainer:
         if str(cfg.device).startswith("cuda"):
             cfg.device = str(self.dist.device)
         avoid_cudnn_attention(cfg.device)
-        shard = (self.dist.rank, self.dist.world)
-        self.parts = components or build(cfg, shard=shard)  # all input checked before anything is written
-        self.run_dir = Path(run_dir or cfg.run_dir or default_run_dir(cfg))
+        self.parts = components or build(cfg, shard=(self.dist.rank, self.dist.world))  # input checked before any write
+        self.algorithm, self.objective = self.parts.algorithm, self.parts.objective
+        self.run_dir = RunDir(run_dir or cfg.run_dir or default_run_dir(cfg), writes=self.dist.is_main)
         self.sharding = sharding.from_launcher() if self.dist.world > 1 else None
         if self.sharding is not None:  # before the optimizer: sharding replaces the parameters
             sharding.shard_denoiser(self.parts.adapter, self.sharding)
         params = self.parts.adapter.trainable_parameters()
         if not params:
-            raise ValueError(f"model {cfg.model.name!r} has no trainable parameters (check model.options.finetune)")
+            raise ConfigError(f"model {cfg.model.name!r} has no trainable parameters (check model.options.finetune)")
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.ema = None
         if cfg.train.ema:
             settle = {} if self.sharding is None else {"settle": functools.partial(sharding.reshard, self.parts.adapter)}
             self.ema = ParameterEMA(self.parts.adapter, cfg.train.ema, **settle)
-        self.generator = torch.Generator().manual_seed(cfg.seed + 1)  # unit draws and minibatch order
+        self.generator = torch.Generator().manual_seed(cfg.seed + 1)  # training draws and minibatch order
+        self.state = TrainState(self.parts.adapter, self.optimizer, self.ema, self.parts.env, self.algorithm, self.generator)
         self.progress = Progress()
         self.monitor = StabilityMonitor(cfg)
         self._stop_requested = False
         torch.manual_seed(cfg.seed)  # the rollout's step noise
 
-    # -- one iteration ------------------------------------------------------------------
-    @torch.no_grad()
-    def collect(self) -> tuple[TensorDictBase, list[str], torch.Tensor]:
-        rollout = self.parts.env.rollout(policy=self.parts.policy)  # [N, K]
-        rollout.set(keys.L1_REL, l1_rel(rollout))
-        prompts = self.parts.env.prompts
-        images = self.parts.adapter.decode(rollout.get(keys.ACTION)[:, -1]).float()
-        return rollout, prompts, images
+    # -- one update -----------------------------------------------------------------------
+    def iteration(self) -> dict:
+        start, n = time.perf_counter(), self.parts.env.batch_size[0]
+        self.parts.calls.take()  # only this update's model calls are charged to it
+        with torch.no_grad():  # collect: a rollout [n, K] of this process's trajectories
+            rollout = self.parts.env.rollout(policy=self.parts.policy)
+            rollout.set(keys.L1_REL, l1_rel(rollout))
+            images = self.parts.adapter.decode(rollout.get(keys.ACTION)[:, -1]).float()
+            prompts = [self.parts.train_prompts[i] for i in rollout.get(keys.PROMPT_INDEX)[:, 0].tolist()]
+            rewards = self.reward(images, prompts, rollout.get(keys.GROUP_ID)[:, 0])
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.cfg.train, self.progress.update)
+        # Advantages on the global batch (groups are whole on each process), bookkeeping on the CPU.
+        all_rewards = self.dist.gather(rewards).cpu()
+        group_id = self.dist.gather(rollout.get(keys.GROUP_ID)[:, 0]).cpu()
+        advantages = self.algorithm.advantages(all_rewards, group_id, self.cfg.train.adv_clip)
+        rows = slice(self.dist.rank * n, (self.dist.rank + 1) * n)
+        rollout.set(keys.ADVANTAGE, advantages[rows].to(rollout.device)[:, None].expand(rollout.batch_size))
+        ctx = UpdateContext(self.progress.update, self.generator, rows, len(all_rewards), self.dist.gather)
+        stats = self.optimise(self.algorithm.training_batch(rollout, ctx), group_id, group_id[rows])
+        if self.ema is not None:
+            self.ema.update()
+        self.progress.update += 1
+        self.progress.nfe += int(self.dist.sum(self.parts.calls.take()))
+        elapsed = time.perf_counter() - start
+        self.progress.wall_s += elapsed
+        self._last_samples = (images, prompts)
+        return {"update": self.progress.update, "reward_mean": float(all_rewards.mean()),
+                "reward_std": float(all_rewards.std(unbiased=False)), "adv_std": float(advantages.std(unbiased=False)),
+                "zero_std_frac": zero_std_fraction(all_rewards, group_id), **stats,
+                "lr": self.optimizer.param_groups[0]["lr"], "nfe": self.progress.nfe,
+                "wall_s": round(self.progress.wall_s, 3), "images_per_s": round(len(all_rewards) / elapsed, 3),
+                "peak_mem_mb": peak_memory_mb(self.cfg.device),
+                "l1_rel": [round(v, 5) for v in self.dist.gather(rollout.get(keys.L1_REL)).mean(0).tolist()]}
 
-    @torch.no_grad()
-    def score(self, images: torch.Tensor, prompts: list[str], group_id: torch.Tensor) -> torch.Tensor:
+    def reward(self, images: torch.Tensor, prompts: list[str], group_id: torch.Tensor) -> torch.Tensor:
         reward = self.parts.reward
         if hasattr(reward, "components"):
             return combine_rewards(reward.components(images, prompts), reward.weights, group_id, self.cfg.reward.normalize)
         return checked_call(reward, images, prompts, self.cfg.reward.name)
 
-    def optimise(self, rollout: TensorDictBase, advantages: torch.Tensor, group_id: torch.Tensor) -> dict:
-        """Minibatches of whole groups; per minibatch one optimizer step over all its units.
-
-        Units and the minibatch order are drawn on the global batch (identical on every
-        process); each process optimises its own rows of them.
-        """
-        lo, n = self.dist.rank * rollout.batch_size[0], rollout.batch_size[0]
-        units = self.parts.algorithm.units(self.dist.gather(rollout.get(keys.L1_REL)).cpu(), self.progress.update, self.generator)
-        self.parts.loss.combine = units.combine
-        assignment = units.assignment[lo : lo + n]  # [n, K], this process's trajectories
-        local_groups = group_id[lo : lo + n]
+    def optimise(self, batch: TrainingBatch, group_id: torch.Tensor, local_groups: torch.Tensor) -> dict:
+        """Minibatches of whole groups, in an order drawn on the global batch; one optimizer step each."""
         groups = torch.unique(group_id)
         order = groups[torch.randperm(len(groups), generator=self.generator)]
-        stats: list[dict] = []
-        for mb_groups in order.chunk(self.cfg.train.minibatches):
-            rows = torch.isin(local_groups, mb_groups).nonzero().flatten()
-            stats.append(self._minibatch_step(rollout, advantages, assignment, rows))
-        return _merge_stats(stats) | {"units_per_trajectory": units.units_per_trajectory}
+        stats = []
+        for minibatch in order.chunk(self.cfg.train.minibatches):
+            trajectories = torch.isin(local_groups, minibatch).nonzero().flatten()
+            stats.append(self.step(batch, batch.rows(trajectories)))
+        return merge_stats(stats) | batch.stats
 
-    def _minibatch_step(self, rollout, advantages, assignment, rows) -> dict:
-        row_idx, step_idx = (assignment[rows] >= 0).nonzero(as_tuple=True)
-        traj = rows[row_idx]
-        unit = traj * assignment.shape[1] + assignment[traj, step_idx]  # unit id, unique within the batch
-        steps = rollout[traj, step_idx]
-        steps.set(keys.ADVANTAGE, advantages[traj].to(steps.device))
-        steps.set("unit", unit.to(steps.device))
-        unit_ids = torch.unique(unit)
-        global_units = self.dist.sum(len(unit_ids))  # the loss is a mean over the units of all processes
-        self.optimizer.zero_grad(set_to_none=True)
-        batches = _unit_batches(unit, unit_ids, self.cfg.sampling.micro_batch)
-        masks, weights = [torch.isin(unit, batch) for batch in batches], [len(batch) for batch in batches]
+    def step(self, batch: TrainingBatch, rows: TensorDictBase) -> dict:
+        """One optimizer step on a minibatch's rows: the objective's loss, a mean over all processes' units."""
+        passes = unit_passes(rows, self.cfg.sampling.micro_batch)
         if self.sharding is not None:
-            steps, masks, weights = self._lockstep_filler(steps, masks, weights, rollout)
+            passes = in_lockstep(passes, batch.stand_in, self.dist)
+        global_units = self.dist.sum(sum(p.units for p in passes))
+        self.optimizer.zero_grad(set_to_none=True)
         parts = []
-        calls = velocity_module(self.parts.policy)
-        lockstep_rows = self._lockstep_rows([int(mask.sum()) for mask in masks])
-        for mask, weight, rows in zip(masks, weights, lockstep_rows):
-            before, calls.min_rows = calls.calls, rows
-            out = self.parts.loss(steps[mask])  # one pass's steps at a time: they are copies
-            calls.min_rows = 0
-            if not weight:  # a lockstep filler is not work the NFE budget pays for
-                calls.calls = before
+        for p in passes:
+            with self.parts.calls.lockstep(p.min_rows, counted=p.units > 0):  # a filler is not work the budget pays for
+                out = self.objective(p.rows())
             total = sum(v for k, v in out.items() if k.startswith("loss_"))
-            (total * weight / global_units).backward()
-            if weight:
-                parts.append({k: float(v.detach()) for k, v in out.items()} | {"weight": weight})
+            (total * p.units / global_units).backward()
+            if p.units:
+                parts.append({k: float(v.detach()) for k, v in out.items()} | {"weight": p.units})
         params = self.optimizer.param_groups[0]["params"]
         if self.sharding is None:  # FSDP reduces gradients itself during backward
             self.dist.sum_gradients(params)
-        grad_norm = sharding.grad_norm(params, self.cfg.train.max_grad_norm)
-        stats = _merge_stats([s for rank in self.dist.gather_objects(parts) for s in rank], weight_key="weight")
-        if math.isfinite(grad_norm) and all(math.isfinite(v) for v in stats.values()):
+        grad_norm = sharding.clip_grad_norm(params, self.cfg.train.max_grad_norm)
+        stats = merge_stats([s for rank in self.dist.gather_objects(parts) for s in rank], weight_key="weight")
+        stats.setdefault("num_units", float(global_units))
+        finite = math.isfinite(grad_norm) and all(math.isfinite(v) for v in stats.values())
+        if finite:
             self.optimizer.step()
-            stats["skipped"] = 0.0
+            self.algorithm.after_step()
         else:  # a non-finite loss or gradient: skip the update, the run goes on (see max_bad_updates)
             self.optimizer.zero_grad(set_to_none=True)
-            stats["skipped"] = 1.0
-        stats["grad_norm"] = grad_norm
-        return stats
+        return stats | {"skipped": 0.0 if finite else 1.0, "grad_norm": grad_norm}
 
-    def _lockstep_rows(self, sizes: list[int]) -> list[int]:
-        """Per backward pass, the most rows any process has in it (sharded runs; else 0: no padding).
-
-        Every process then calls the sharded model as often in each pass (see fixed_shape_calls).
-        """
-        if self.sharding is None:
-            return [0] * len(sizes)
-        return self.dist.gather(torch.tensor([sizes])).amax(0).tolist()
-
-    def _lockstep_filler(self, steps, masks: list, weights: list, rollout: TensorDictBase) -> tuple:
-        """(steps, masks, weights) with zero-weight passes added so that every process makes as
-        many backward passes as the busiest one.
-
-        A sharded model gathers its parameters collectively in each forward and backward,
-        and processes may hold different numbers of units in a minibatch (even none).
-        """
-        missing = self.dist.max(len(masks)) - len(masks)
-        if not missing:
-            return steps, masks, weights
-        if not masks:  # nothing of this minibatch here: one step of the rollout stands in
-            steps = rollout[torch.tensor([0]), torch.tensor([0])]
-            steps.set(keys.ADVANTAGE, torch.zeros(1, device=steps.device))
-            steps.set("unit", torch.zeros(1, dtype=torch.long, device=steps.device))
-            filler = torch.ones(1, dtype=torch.bool)
-        else:
-            filler = masks[0]
-        return steps, masks + [filler] * missing, weights + [0] * missing
-
-    def iteration(self) -> dict:
-        start = time.perf_counter()
-        calls = velocity_module(self.parts.policy)
-        calls.calls = 0
-        rollout, prompts, images = self.collect()
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.cfg.train, self.progress.update)
-        rewards = self.score(images, prompts, rollout.get(keys.GROUP_ID)[:, 0])
-        # Groups are whole on each process; rewards are gathered for global statistics. The
-        # bookkeeping (advantages, units, minibatches) is done on the CPU, the model's work on cfg.device.
-        all_rewards = self.dist.gather(rewards).cpu()
-        group_id = self.dist.gather(rollout.get(keys.GROUP_ID)[:, 0]).cpu()
-        advantages = compute_advantages(all_rewards, group_id, self.cfg.algo.advantage, self.cfg.train.adv_clip)
-        lo = self.dist.rank * rollout.batch_size[0]
-        stats = self.optimise(rollout, advantages[lo : lo + rollout.batch_size[0]], group_id)
-        if self.ema is not None:
-            self.ema.update()
-        self.progress.update += 1
-        self.progress.nfe += int(self.dist.sum(calls.calls))
-        elapsed = time.perf_counter() - start
-        self.progress.wall_s += elapsed
-        metrics = {
-            "update": self.progress.update,
-            "reward_mean": float(all_rewards.mean()),
-            "reward_std": float(all_rewards.std(unbiased=False)),
-            "adv_std": float(advantages.std(unbiased=False)),
-            "zero_std_frac": zero_std_fraction(all_rewards, group_id),
-            **stats,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "nfe": self.progress.nfe,
-            "wall_s": round(self.progress.wall_s, 3),
-            "images_per_s": round(len(all_rewards) / elapsed, 3),
-            "peak_mem_mb": peak_memory_mb(self.cfg.device),
-            "l1_rel": [round(v, 5) for v in self.dist.gather(rollout.get(keys.L1_REL)).mean(0).tolist()],
-        }
-        self._last_samples = (images, prompts)
-        return metrics
-
-    # -- the run ---------------------------------------------------------------------------
+    # -- the run ----------------------------------------------------------------------------
     def run(self) -> dict:
         """Train for cfg.train.updates; returns the summary (also written to RUN_DIR/summary.json)."""
         log = self.cfg.log
         # decided before any process can write base.json, so every process agrees
-        base_eval = log.eval_at_start and self.progress.update == 0 and not (self.run_dir / "eval" / "base.json").exists()
-        if self.dist.is_main:
-            self._prepare_run_dir()
+        base_eval = log.eval_at_start and self.progress.update == 0 and not self.run_dir.exists("eval/base.json")
+        self.run_dir.prepare(self.cfg)
         self.dist.barrier()
-        summary: dict = {"run_dir": str(self.run_dir), "algorithm": self.cfg.algorithm, "seed": self.cfg.seed,
+        summary: dict = {"run_dir": str(self.run_dir.path), "algorithm": self.cfg.algorithm, "seed": self.cfg.seed,
                          "processes": self.dist.world, "sharding": self.sharding.name if self.sharding else "none"}
         if base_eval:
             summary["base_eval"] = self.evaluate("base")
@@ -263,14 +195,14 @@ class Trainer:
                 u = self.progress.update
                 if log.eval_every and u % log.eval_every == 0 and not self._budget_spent():
                     metrics["eval_score"] = self.evaluate(f"update_{u:06d}")["score"]
-                self._append_metrics(metrics)
+                self.run_dir.append_metrics(metrics)
                 for warning in self.monitor.check(metrics):
                     bar.write(f"genrl: warning: {warning}")
                 bar.update(1)
-                bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['approx_kl']:.1e}",
-                                clip=f"{metrics['clip_frac']:.2f}", nfe=metrics["nfe"])
-                if log.sample_every and u % log.sample_every == 0 and self.dist.is_main:
-                    save_grid(*self._last_samples, self.run_dir / "samples" / f"update_{u:06d}.png", columns=self.cfg.train.group_size)
+                bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", nfe=metrics["nfe"],
+                                **{k: f"{metrics[k]:.2g}" for k in ("approx_kl", "clip_frac") if k in metrics})
+                if log.sample_every and u % log.sample_every == 0:
+                    self.run_dir.write_grid(f"samples/update_{u:06d}.png", *self._last_samples, columns=self.cfg.train.group_size)
                 self._check_bad_updates(metrics)
                 if u % log.checkpoint_every == 0 or self._budget_spent() or self._stop_requested:
                     self.save_checkpoint()
@@ -279,12 +211,10 @@ class Trainer:
             bar.close()
         if self._stop_requested:
             self.save_checkpoint()
-            summary["interrupted_at"] = self.progress.update
-            return summary
+            return summary | {"interrupted_at": self.progress.update}
         summary["final_eval"] = self.evaluate("final")
         summary.update(updates=self.progress.update, nfe=self.progress.nfe, wall_s=round(self.progress.wall_s, 1))
-        if self.dist.is_main:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.run_dir.write_json("summary.json", summary)
         self.dist.barrier()  # every process sees the run finished (the bench harness looks)
         return summary
 
@@ -300,28 +230,15 @@ class Trainer:
             result, images, prompts = evaluation.evaluate(
                 self.parts.adapter, self.parts.eval_prompts, c.log.eval_seeds, c.sampling.eval_steps,
                 c.eval_shift_for(self.parts.adapter), c.sampling.micro_batch, self.parts.reward,
-                sampler=self._sample_shared_out,
+                sampler=functools.partial(evaluation.sample_shared_out, self.dist),
             )
-        if not self.dist.is_main:
-            self.dist.barrier()
-            return result
-        out = self.run_dir / "eval"
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"{tag}.json").write_text(json.dumps(result, indent=2))
+        self.run_dir.write_json(f"eval/{tag}.json", result)
         # The grid is for a look, the JSON holds every score: two images per prompt keep it fast and legible.
         keep = [i for i in range(len(prompts)) if i % c.log.eval_seeds < EVAL_GRID_SEEDS]
-        save_grid(images[keep], [prompts[i] for i in keep], out / f"{tag}.png",
-                  columns=min(c.log.eval_seeds, EVAL_GRID_SEEDS) * 4)
+        self.run_dir.write_grid(f"eval/{tag}.png", images[keep], [prompts[i] for i in keep],
+                                columns=min(c.log.eval_seeds, EVAL_GRID_SEEDS) * 4)
         self.dist.barrier()
         return result
-
-    def _sample_shared_out(self, adapter, prompts: list[str], seeds: list[int], *args) -> torch.Tensor:
-        """sample_ode with each process taking an equal slice of rows (the last row repeated to fill)."""
-        n, rank, world = len(prompts), self.dist.rank, self.dist.world
-        per = -(-n // world)
-        rows = [min(i, n - 1) for i in range(rank * per, (rank + 1) * per)]
-        images = evaluation.sample_ode(adapter, [prompts[i] for i in rows], [seeds[i] for i in rows], *args)
-        return self.dist.gather(images)[:n]
 
     def _check_bad_updates(self, metrics: dict) -> None:
         self.progress.bad_in_a_row = self.progress.bad_in_a_row + 1 if metrics["skipped"] > 0 else 0
@@ -330,158 +247,25 @@ class Trainer:
             raise TrainingStopped(
                 f"{self.progress.bad_in_a_row} updates in a row had a non-finite loss or gradient "
                 f"(train.max_bad_updates={self.cfg.train.max_bad_updates}); lower train.lr or check the reward. "
-                f"Metrics and the last checkpoint are in {self.run_dir}"
+                f"Metrics and the last checkpoint are in {self.run_dir.path}"
             )
 
     def _request_stop(self, signum, frame) -> None:
         self._stop_requested = True  # finish the update in flight, checkpoint, exit cleanly
 
-    def _prepare_run_dir(self) -> None:
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.run_dir / ".write_test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as err:
-            raise OSError(f"run directory {str(self.run_dir)!r} is not writable: {err.strerror}") from None
-        config_path = self.run_dir / "config.yaml"
-        if not config_path.exists():
-            config_path.write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-
-    def _append_metrics(self, metrics: dict) -> None:
-        if not self.dist.is_main:
-            return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(metrics) + "\n")
-
-    # -- checkpoints ------------------------------------------------------------------------
+    # -- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        trainable = self.parts.adapter.trainable_state_dict()
-        average = self.ema.average if self.ema is not None else None
-        if self.sharding is not None:  # gathered whole on every process (collectives)
-            trainable = sharding.full_tensors(trainable)
-            average = sharding.full_tensors(average) if average is not None else None
-            optimizer = sharding.optimizer_state(self.parts.adapter.transformer, self.optimizer)
-        else:
-            optimizer = self.optimizer.state_dict()
-        state = {
-            "update": self.progress.update,
-            "progress": self.progress.__dict__.copy(),
-            "optimizer": optimizer,
-            "sharded": self.sharding is not None,  # the optimizer state's layout (by name, or by index)
-            "torch_rng": torch.get_rng_state(),
-            "generator": self.generator.get_state(),
-            "env_rng": self.parts.env.rng.get_state(),
-            "prompt_sampler": self.parts.env.sampler.state_dict(),
-        }
-        if average is not None:  # what evaluation used and `genrl eval RUN_DIR` loads
-            state["ema"] = {k: v.detach().cpu() for k, v in average.items()}
-        path = self.run_dir / "checkpoints"
+        trainable, state = self.state.capture(self.progress, sharded=self.sharding is not None)
+        path = self.run_dir.path / "checkpoints"
         if self.dist.is_main:
-            path = checkpoint.save(self.run_dir, self.progress.update, trainable, state)
+            path = checkpoint.save(self.run_dir.path, self.progress.update, trainable, state)
         self.dist.barrier()
         return path
 
     def load_checkpoint(self, path: str | Path | None = None) -> None:
-        path = path or checkpoint.latest(self.run_dir)
-        trainable, state = checkpoint.load(path)
-        written_sharded = state.get("sharded", False)
-        if written_sharded != (self.sharding is not None):  # the optimizer state's layout differs
-            kind, how = ("sharded", "with --sharding zero2 or fsdp") if written_sharded else ("replicated", "without --sharding")
-            raise checkpoint.CheckpointError(f"checkpoint {path} was written by a {kind} run: resume it {how}")
-        if self.sharding is not None:
-            self.parts.adapter.load_trainable_state_dict(sharding.shard_like(trainable, self.parts.adapter))
-            sharding.load_optimizer_state(self.parts.adapter.transformer, self.optimizer, state["optimizer"])
-        else:
-            self.parts.adapter.load_trainable_state_dict(trainable)
-            self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None:
-            average = state["ema"]
-            self.ema.load(sharding.shard_like(average, self.parts.adapter) if self.sharding is not None else average)
-        torch.set_rng_state(state["torch_rng"])
-        self.generator.set_state(state["generator"])
-        self.parts.env.rng.set_state(state["env_rng"])
-        self.parts.env.sampler.load_state_dict(state["prompt_sampler"])
-        self.progress = Progress(**state["progress"])
-        if self.dist.is_main:
-            _truncate_metrics(self.run_dir / "metrics.jsonl", self.progress.update)
+        self.progress = self.state.restore(path or checkpoint.latest(self.run_dir.path), sharded=self.sharding is not None)
+        self.run_dir.truncate_metrics(self.progress.update)
         self.dist.barrier()
-
-
-def learning_rate(train: TrainConfig, update: int) -> float:
-    """The learning rate of update `update` (0-based), from the update index alone so a resumed run
-    continues the schedule without scheduler state."""
-    factor = min(1.0, (update + 1) / (train.warmup + 1)) if train.warmup else 1.0
-    if train.lr_schedule == "cosine":
-        factor *= 0.5 * (1.0 + math.cos(math.pi * min(update, train.updates) / max(train.updates, 1)))
-    return train.lr * factor
-
-
-def _truncate_metrics(path: Path, update: int) -> None:
-    """Drop metric lines written after the checkpoint, so a resumed run's log equals an uninterrupted one."""
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["update"] <= update]
-    path.write_text("".join(line + "\n" for line in kept))
-
-
-def _unit_batches(unit: torch.Tensor, unit_ids: torch.Tensor, max_steps: int) -> list[torch.Tensor]:
-    """Whole units per backward pass (a chunk's ratio needs all its steps), about `max_steps` steps each."""
-    counts = torch.bincount(torch.searchsorted(unit_ids, unit), minlength=len(unit_ids)).tolist()
-    batches, current, size = [], [], 0
-    for u, count in zip(unit_ids.tolist(), counts):
-        if current and size + count > max_steps:
-            batches.append(torch.tensor(current))
-            current, size = [], 0
-        current.append(u)
-        size += count
-    if current:
-        batches.append(torch.tensor(current))
-    return batches
-
-
-class StabilityMonitor:
-    """Warns when clip fraction or approx KL stays out of a sane range: the usual sign of
-    reward hacking or a too-large learning rate."""
-
-    def __init__(self, cfg: Config):
-        self.limits = {"clip_frac": cfg.log.warn_clip_frac, "approx_kl": cfg.log.warn_approx_kl}
-        self.patience = cfg.log.warn_patience
-        self.streak = {k: 0 for k in self.limits}
-
-    def check(self, metrics: dict) -> list[str]:
-        warnings = []
-        for key, limit in self.limits.items():
-            self.streak[key] = self.streak[key] + 1 if metrics.get(key, 0.0) > limit else 0
-            if self.streak[key] == self.patience:
-                warnings.append(
-                    f"{key} has been above {limit} for {self.patience} updates (now {metrics[key]:.3g}): "
-                    "the learning rate may be too large or the reward is being hacked; look at the sample grids"
-                )
-        return warnings
-
-
-def _merge_stats(stats: list[dict], weight_key: str | None = None) -> dict:
-    """Weighted mean of each diagnostic; min/max for ratio_min / ratio_max; sums for counters."""
-    if not stats:
-        return {}
-    weights = [s.get(weight_key, 1.0) if weight_key else s.get("num_units", 1.0) for s in stats]
-    total = sum(weights) or 1.0
-    merged = {}
-    for key in stats[0]:
-        if key in (weight_key, "units_per_trajectory"):
-            continue
-        values = [s[key] for s in stats if key in s]
-        if key == "ratio_min":
-            merged[key] = min(values)
-        elif key == "ratio_max":
-            merged[key] = max(values)
-        elif key in ("num_units", "skipped"):
-            merged[key] = sum(values)
-        else:
-            merged[key] = sum(v * w for v, w in zip(values, weights)) / total
-    return merged
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):

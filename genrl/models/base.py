@@ -18,6 +18,7 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor, nn
 
+from genrl.errors import CheckpointError
 
 class ModelAdapter(nn.Module):
     """Base class; subclasses implement `encode`, `_velocity` and `decode`."""
@@ -76,7 +77,7 @@ class ModelAdapter(nn.Module):
         params = dict(self.named_parameters())
         missing = [k for k in state if k not in params]
         if missing:
-            raise KeyError(f"checkpoint holds parameters this model does not have: {missing[:5]}")
+            raise CheckpointError(f"checkpoint holds parameters this model does not have: {missing[:5]}")
         with torch.no_grad():
             for k, v in state.items():
                 params[k].copy_(v)

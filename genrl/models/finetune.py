@@ -15,6 +15,7 @@ from typing import Iterator, Sequence
 
 from torch import nn
 
+from genrl.errors import ConfigError
 from genrl.models.lora import add_lora, lora_disabled
 
 FINETUNE = ("lora", "full", "none")
@@ -22,7 +23,7 @@ FINETUNE = ("lora", "full", "none")
 
 def check_finetune(finetune: str, where: str) -> None:
     if finetune not in FINETUNE:
-        raise ValueError(f"{where}: finetune must be one of {', '.join(FINETUNE)}, got {finetune!r}")
+        raise ConfigError(f"{where}: finetune must be one of {', '.join(FINETUNE)}, got {finetune!r}")
 
 
 class FinetunedTransformer:

@@ -14,6 +14,8 @@ import shlex
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from genrl.errors import ConfigError, UserError
+
 # What one component folder of a diffusers-format model must hold.
 MODEL = "model"  # config.json + weights (*.safetensors, or *.bin)
 TOKENIZER = "tokenizer"  # tokenizer_config.json (+ vocab/merges, spiece.model or tokenizer.json)
@@ -22,7 +24,7 @@ CONFIG = "config"  # a scheduler: scheduler_config.json only
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
-class ModelFilesNotFound(FileNotFoundError):
+class ModelFilesNotFound(UserError, FileNotFoundError):
     """Weights of a model are not on this machine; the message says how to get them."""
 
 
@@ -114,7 +116,7 @@ def resolve_model_dir(
             )
         directory, tried = snapshot, f"cached snapshot {snapshot} of {model_id}"
     else:
-        raise ValueError(f"{name}: give path=DIR (a diffusers-format model folder) or model_id=ORG/NAME in the HF cache")
+        raise ConfigError(f"{name}: give path=DIR (a diffusers-format model folder) or model_id=ORG/NAME in the HF cache")
 
     problems = _component_problems(directory, components)
     if problems:
@@ -148,7 +150,7 @@ def find_file(
             + (f". To get them: `hf download {model_id} {filenames[0]} --local-dir DIR`" if model_id else "")
         )
     if model_id is None:
-        raise ValueError(f"{name}: give path=FILE (one of {list(filenames)})")
+        raise ConfigError(f"{name}: give path=FILE (one of {list(filenames)})")
     snapshot = _cached_snapshot(model_id, cache_dir, None)
     for f in filenames:
         if snapshot is not None and (snapshot / f).is_file():

@@ -20,6 +20,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from genrl.errors import ConfigError
 # Attention projections of the MMDiT blocks (SD3, SD3.5's second attention, FLUX double
 # and single blocks), as in the Flow-GRPO and DanceGRPO reference scripts.
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
@@ -38,14 +39,14 @@ def add_lora(
     from peft import LoraConfig
 
     if rank < 1:
-        raise ValueError(f"lora_rank must be >= 1, got {rank}")
+        raise ConfigError(f"lora_rank must be >= 1, got {rank}")
     targets = list(DEFAULT_TARGETS if targets is None else targets)
     transformer.requires_grad_(False)
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights="gaussian")
     try:
         transformer.add_adapter(config)
     except ValueError as e:  # peft: "Target modules {...} not found in the base model"
-        raise ValueError(f"lora_targets {targets} match no module of {type(transformer).__name__}: {e}") from e
+        raise ConfigError(f"lora_targets {targets} match no module of {type(transformer).__name__}: {e}") from e
     for name, p in transformer.named_parameters():
         if "lora_" in name:
             p.data = p.data.float()

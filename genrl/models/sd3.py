@@ -23,6 +23,7 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 
+from genrl.errors import ConfigError
 from genrl.models import register
 from genrl.models.base import ModelAdapter
 from genrl.models.hub import MODEL, TOKENIZER, resolve_model_dir
@@ -39,7 +40,7 @@ def parse_dtype(value: str | torch.dtype, option: str = "dtype") -> torch.dtype:
     if isinstance(value, torch.dtype):
         return value
     if value not in DTYPES:
-        raise ValueError(f"{option} must be one of {sorted(DTYPES)}, got {value!r}")
+        raise ConfigError(f"{option} must be one of {sorted(DTYPES)}, got {value!r}")
     return DTYPES[value]
 
 
@@ -99,7 +100,7 @@ class DiffusersFlowModel(FinetunedTransformer, ModelAdapter):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         step = self.vae_scale_factor * 2
         if resolution % step:
-            raise ValueError(f"{self.NAME}: resolution must be a multiple of {step}, got {resolution}")
+            raise ConfigError(f"{self.NAME}: resolution must be a multiple of {step}, got {resolution}")
         self.resolution = int(resolution)
         side = resolution // self.vae_scale_factor
         self.latent_shape = (self.vae.config.latent_channels, side, side)

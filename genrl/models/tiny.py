@@ -27,9 +27,11 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor, nn
 
+from genrl.errors import ConfigError, ModelError
 from genrl.models import register
 from genrl.models.base import ModelAdapter
 from genrl.models.finetune import FinetunedTransformer, check_finetune
+from genrl.models.hub import ModelFilesNotFound
 from genrl.models.lora import DEFAULT_TARGETS
 from genrl.models.tiny_text import TinyTextEncoder, WordTokenizer
 
@@ -66,7 +68,7 @@ class TinyConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"{where}: unknown tiny model option(s) {unknown}; allowed: {sorted(known)}")
+            raise ConfigError(f"{where}: unknown tiny model option(s) {unknown}; allowed: {sorted(known)}")
         return cls(**d)
 
 
@@ -132,7 +134,7 @@ def read_weights(directory: str | Path) -> tuple[TinyConfig, dict, dict[str, Ten
     directory = Path(directory)
     missing = [f for f in WEIGHT_FILES if not (directory / f).is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise ModelFilesNotFound(
             f"tiny model weights not found in {directory}: missing {missing} (expected files: {list(WEIGHT_FILES)}); "
             "create them with `python -m genrl.models.tiny_pretrain --out DIR` or pass pretrained=False"
         )
@@ -140,13 +142,13 @@ def read_weights(directory: str | Path) -> tuple[TinyConfig, dict, dict[str, Ten
         meta = json.loads((directory / "config.json").read_text())
         cfg = TinyConfig.from_dict(meta["model"], where=str(directory / "config.json"))
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"corrupt tiny model config {directory / 'config.json'}: {e!r}") from e
+        raise ModelError(f"corrupt tiny model config {directory / 'config.json'}: {e!r}") from e
     states = []
     for name in ("text_encoder.safetensors", "transformer.safetensors"):
         try:
             states.append(load_file(str(directory / name)))
         except Exception as e:  # safetensors raises its own error types for truncated/garbled files
-            raise ValueError(f"corrupt tiny model weights {directory / name}: {e}") from e
+            raise ModelError(f"corrupt tiny model weights {directory / name}: {e}") from e
     return cfg, meta, states[0], states[1]
 
 
@@ -154,7 +156,7 @@ def _load_state(module: nn.Module, state: dict[str, Tensor], path: Path) -> None
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"weights in {path} do not match the model described by its config.json: {e}") from e
+        raise ModelError(f"weights in {path} do not match the model described by its config.json: {e}") from e
 
 
 # --- the adapter ---------------------------------------------------------------------
@@ -195,7 +197,7 @@ class TinyShapeModel(FinetunedTransformer, ModelAdapter):
         self.finetune = finetune
         if weights is not None or pretrained:
             if sizes:
-                raise ValueError(f"size options {sorted(sizes)} only apply with pretrained=False")
+                raise ConfigError(f"size options {sorted(sizes)} only apply with pretrained=False")
             self.weights_path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
             cfg, self.weights_meta, text_state, transformer_state = read_weights(self.weights_path)
         else:

@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from genrl.errors import PromptError
 PAD = "<pad>"
 
 
@@ -45,7 +46,7 @@ class WordTokenizer:
             words = self.words(prompt)
             unknown = [w for w in words if w not in self._ids]
             if unknown:
-                raise ValueError(
+                raise PromptError(
                     f"word {unknown[0]!r} of prompt {prompt!r} is not in the tiny model's vocabulary "
                     f"({len(self.vocabulary)} words: {' '.join(self.vocabulary)})"
                 )

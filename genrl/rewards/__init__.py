@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from genrl.errors import RewardError
 from genrl.registry import Registry
 
 REWARDS: Registry = Registry("reward")
@@ -35,10 +36,6 @@ _BUILTIN_MODULES = {
 }
 
 RewardFn = Callable[[Tensor, Sequence[str]], Tensor]
-
-
-class RewardError(ValueError):
-    """A reward returned something unusable (wrong shape, NaN or inf)."""
 
 
 def load(name: str, **options) -> RewardFn:

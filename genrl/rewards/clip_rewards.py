@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genrl.errors import ConfigError, RewardError
 from genrl.models.hub import MODEL, TOKENIZER, ModelFilesNotFound, find_file, resolve_model_dir
 from genrl.rewards import register
 
@@ -66,7 +67,7 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     return DTYPES[dtype]
 
 
@@ -203,7 +204,7 @@ def read_state_dict(path: Path, what: str) -> dict[str, Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{what}: cannot read weights {path}: {e}") from e
+        raise RewardError(f"{what}: cannot read weights {path}: {e}") from e
     return state.get("state_dict", state)
 
 
@@ -221,7 +222,7 @@ def linear_chain(state: dict[str, Tensor], in_features: int, what: str) -> nn.Se
 
     weights = sorted((k for k, v in state.items() if k.endswith("weight") and v.dim() == 2), key=index)
     if not weights:
-        raise ValueError(f"{what}: no Linear weights (keys: {sorted(state)[:8]})")
+        raise RewardError(f"{what}: no Linear weights (keys: {sorted(state)[:8]})")
     layers = []
     for key in weights:
         w = state[key]
@@ -233,7 +234,7 @@ def linear_chain(state: dict[str, Tensor], in_features: int, what: str) -> nn.Se
         layers.append(layer)
     if layers[0].in_features != in_features or layers[-1].out_features != 1:
         shapes = [tuple(layer.weight.shape) for layer in layers]
-        raise ValueError(f"{what}: head maps {shapes}; expected {in_features} → … → 1 for this model")
+        raise RewardError(f"{what}: head maps {shapes}; expected {in_features} → … → 1 for this model")
     return nn.Sequential(*layers)
 
 

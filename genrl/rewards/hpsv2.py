@@ -18,6 +18,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from genrl.errors import ConfigError, RewardError
 from genrl.models.hub import find_file
 from genrl.rewards import register
 from genrl.rewards.clip_rewards import CLIPReward, read_state_dict
@@ -100,7 +101,7 @@ def open_clip_to_transformers(state: dict[str, Tensor], vision_heads: int, text_
     _convert_tower(state, "visual.", "vision_model.", v_layers, out)
     _convert_tower(state, "", "text_model.", t_layers, out)
     if state:
-        raise ValueError(f"open_clip checkpoint has weights this conversion does not know: {sorted(state)[:8]}")
+        raise RewardError(f"open_clip checkpoint has weights this conversion does not know: {sorted(state)[:8]}")
     return config, out
 
 
@@ -109,17 +110,17 @@ def load_open_clip_checkpoint(path: Path, arch: str = "ViT-H-14") -> nn.Module:
     from transformers import CLIPModel
 
     if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}")
+        raise ConfigError(f"arch must be one of {sorted(ARCHS)} (or a dict of head counts), got {arch!r}")
     state = read_state_dict(path, "open_clip checkpoint")
     try:
         config, converted = open_clip_to_transformers(state, **ARCHS[arch])
     except KeyError as e:
-        raise ValueError(f"{path} is not an open_clip ViT CLIP checkpoint (no {e})") from e
+        raise RewardError(f"{path} is not an open_clip ViT CLIP checkpoint (no {e})") from e
     model = CLIPModel(config)
     missing, unexpected = model.load_state_dict(converted, strict=False)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
-        raise ValueError(f"conversion of {path} does not fit CLIPModel: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise RewardError(f"conversion of {path} does not fit CLIPModel: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model
 
 

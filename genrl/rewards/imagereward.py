@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from genrl.errors import RewardError
 from genrl.models.hub import TOKENIZER, find_file, resolve_model_dir
 from genrl.rewards import register
 from genrl.rewards.clip_rewards import OPENAI_MEAN, OPENAI_STD, clip_preprocess, linear_chain, parse_dtype, read_state_dict
@@ -106,14 +107,14 @@ class ImageReward(nn.Module):
         try:
             vision_config, vision, text_config, text, mlp = convert_imagereward(read_state_dict(file, self.name))
         except KeyError as e:
-            raise ValueError(f"{self.name}: {file} is not an ImageReward checkpoint (no {e} weights)") from e
+            raise RewardError(f"{self.name}: {file} is not an ImageReward checkpoint (no {e} weights)") from e
         self.vision = BlipVisionModel(vision_config)
         self.text = BlipTextModel(text_config, add_pooling_layer=False)
         for module, weights, what in ((self.vision, vision, "image encoder"), (self.text, text, "text encoder")):
             missing, unexpected = module.load_state_dict(weights, strict=False)
             missing = [k for k in missing if not k.endswith("position_ids")]
             if missing or unexpected:
-                raise ValueError(
+                raise RewardError(
                     f"{self.name}: {what} of {file} does not convert: missing {missing[:5]}, unexpected {unexpected[:5]}"
                 )
         self.mlp = linear_chain(mlp, text_config.hidden_size, f"{self.name} head in {file}")

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from genrl import rewards as registry
+from genrl.errors import ConfigError
 
 
 @registry.register("multi")
@@ -21,8 +22,6 @@ class MultiReward:
     name = "multi"
 
     def __init__(self, rewards: list[dict] | None = None):
-        from genrl.config import ConfigError
-
         if not rewards:
             raise ConfigError("reward.options.rewards must list at least one {name, weight, options} entry for 'multi'")
         self.names, self.parts, weights = [], [], []

@@ -11,6 +11,7 @@ from typing import Sequence
 
 from torch import Tensor
 
+from genrl.errors import ConfigError
 from genrl.rewards import register
 from genrl.shapeworld import score
 
@@ -23,7 +24,7 @@ class ShapeEvalReward:
 
     def __init__(self, mode: str = "partial"):
         if mode not in MODES:
-            raise ValueError(f"shapeeval reward: mode={mode!r} is not one of {', '.join(MODES)}")
+            raise ConfigError(f"shapeeval reward: mode={mode!r} is not one of {', '.join(MODES)}")
         self.mode = mode
 
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:

@@ -22,6 +22,8 @@ import itertools
 from dataclasses import dataclass
 from typing import Sequence
 
+from genrl.errors import PromptError  # a prompt outside the grammar is a user error
+
 COLORS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange")
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 PLURALS: dict[str, str] = {shape: shape + "s" for shape in SHAPES}
@@ -34,10 +36,6 @@ VOCABULARY: list[str] = sorted(
     {"a", "an", "and", *COLORS, *SHAPES, *PLURALS.values(), *COUNT_WORDS}
     | {word for relation in RELATIONS for word in relation.split()}
 )
-
-
-class PromptError(ValueError):
-    """A prompt outside the ShapeWorld grammar."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,83 @@
+"""The GRPO family: per-step log-ratios of the rollout's own SDE, grouped into units, one clipped ratio per unit.
+
+Flow-GRPO, DanceGRPO and Chunk-GRPO differ only in their choices (sampler, timestep
+grouping, unit draw, clip range, β, how a unit's per-step log-ratios combine), which
+each module states; this module builds what they share:
+
+- the training batch: one row per trained (trajectory, step), its unit id unique within the
+  batch and its trajectory's advantage (`StepRows`), units drawn on the global batch;
+- the objective: `genrl.loss.GRPOLoss`, the clipped surrogate over units (+ β·KL to the base).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from tensordict import TensorDictBase
+from torch import Tensor
+
+from genrl import keys
+from genrl.algorithms import grouping
+from genrl.algorithms.base import Algorithm
+from genrl.errors import ConfigError
+from genrl.loss import GRPOLoss
+from genrl.models.base import ModelAdapter
+from genrl.training_batch import TrainingBatch, UpdateContext
+
+
+@dataclass
+class StepRows(TrainingBatch):
+    """The trained steps of a rollout, copied out of it a minibatch at a time."""
+
+    rollout: TensorDictBase  # [n, K], this process's trajectories (with keys.ADVANTAGE)
+    assignment: Tensor  # [n, K] unit index within the trajectory, −1 = not trained
+    stats: dict = field(default_factory=dict)
+
+    def rows(self, trajectories: Tensor) -> TensorDictBase:
+        row, step = (self.assignment[trajectories] >= 0).nonzero(as_tuple=True)
+        traj = trajectories[row]
+        unit = traj * self.assignment.shape[1] + self.assignment[traj, step]  # unique within the batch
+        steps = self.rollout[traj, step]  # [S] copies
+        steps.set(keys.UNIT, unit.to(steps.device))
+        return steps
+
+    def stand_in(self) -> TensorDictBase:
+        steps = self.rollout[torch.tensor([0]), torch.tensor([0])]
+        steps.set(keys.ADVANTAGE, torch.zeros(1, device=steps.device))
+        steps.set(keys.UNIT, torch.zeros(1, dtype=torch.long, device=steps.device))
+        return steps
+
+
+class GRPO(Algorithm):
+    """Base of the GRPO family. A subclass states `defaults` and `combine`."""
+
+    combine: ClassVar[str]  # how a unit's per-step log-ratios make its log-ratio: "mean" or "sum"
+
+    def __init__(self, options, num_steps: int):
+        super().__init__(options, num_steps)
+        self.strategy = grouping.get(options.grouping)
+        declared = grouping.declared_combine(self.strategy, options.grouping_options)
+        self.unit_combine = declared or type(self).combine  # a strategy that states its rule overrides
+        if self.unit_combine not in ("mean", "sum"):
+            raise ConfigError(f"{self.name}: units combine by 'mean' or 'sum', got {self.unit_combine!r}")
+
+    def units(self, l1_rel: Tensor, update: int, generator: torch.Generator) -> grouping.Units:
+        """Timestep grouping of this update ([N, K] L1rel of the whole batch), then the draw of a
+        fraction of units per trajectory."""
+        ctx = grouping.GroupingContext(self.stochastic_steps(), l1_rel, update, generator)
+        units = self.strategy(ctx, **self.options.grouping_options)
+        o = self.options
+        return grouping.draw_units(units, o.unit_fraction, generator, l1_rel, o.unit_weighting)
+
+    def training_batch(self, rollout: TensorDictBase, ctx: UpdateContext) -> StepRows:
+        units = self.units(ctx.gather(rollout.get(keys.L1_REL)).cpu(), ctx.update, ctx.generator)
+        if units.combine not in (None, self.unit_combine):
+            raise ConfigError(f"grouping strategy {self.options.grouping!r} returned units that combine by "
+                              f"{units.combine!r} but declared {self.unit_combine!r} (its `combine` option)")
+        return StepRows(rollout, units.assignment[ctx.rows], {"units_per_trajectory": units.units_per_trajectory})
+
+    def make_objective(self, policy, adapter: ModelAdapter) -> GRPOLoss:
+        o = self.options
+        return GRPOLoss(policy, clip_range=o.clip_range, beta=o.beta, combine=self.unit_combine, reference=adapter.reference)
