@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from genrl.config import ALGORITHMS
 
-register = ALGORITHMS.register
-
 
 def get(name: str):
     """The Algorithm class registered as `name`."""
@@ -21,9 +19,9 @@ def names() -> list[str]:
     return ALGORITHMS.names()
 
 
-# Import order matters: the modules register themselves.
+# The built-in algorithms register themselves on import.
 from genrl.algorithms import grouping  # noqa: E402
-from genrl.algorithms.base import Algorithm  # noqa: E402
+from genrl.algorithms.base import Algorithm, register  # noqa: E402
 from genrl.algorithms.grpo import GRPO  # noqa: E402
 from genrl.algorithms import chunk_grpo, dance_grpo, flow_grpo  # noqa: E402,F401
 

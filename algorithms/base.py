@@ -1,4 +1,4 @@
-"""What an algorithm is: a sampler, a sample and timestep grouping, an objective (docs/architecture.md).
+"""What an algorithm is: a sampler, a sample and timestep grouping, an objective (docs/architecture.md, "The algorithm interface").
 
 An algorithm module states its choices as class attributes (`defaults`, the fields of its
 `options_class`) and overrides what its paper does differently. The trainer calls, per update:
@@ -22,11 +22,13 @@ from tensordict import TensorDictBase
 from torch import Tensor
 
 from genrl.advantages import compute_advantages
-from genrl.config import AlgorithmOptions
+from genrl.config import ALGORITHMS, AlgorithmOptions
 from genrl.models.base import ModelAdapter
 from genrl.objective import Objective
 from genrl.policy import ModelCalls, make_policy, stochastic_steps
 from genrl.training_batch import TrainingBatch, UpdateContext
+
+register = ALGORITHMS.register  # @register("name") on an Algorithm subclass: config then parses its section
 
 
 class Algorithm:
@@ -84,4 +86,4 @@ class Algorithm:
         pass
 
 
-__all__ = ["Algorithm", "TrainingBatch", "UpdateContext"]
+__all__ = ["Algorithm", "TrainingBatch", "UpdateContext", "register"]

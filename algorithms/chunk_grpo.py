@@ -17,7 +17,7 @@ Generation", arXiv 2510.21583 (v3: GCPO).
   (`unit_weighting: l1`, or `softmax`), which favours the high-noise chunks.
 """
 
-from genrl.algorithms import register
+from genrl.algorithms.base import register
 from genrl.algorithms.grpo import GRPO
 
 

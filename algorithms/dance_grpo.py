@@ -10,7 +10,7 @@
   (`train.max_grad_norm`).
 """
 
-from genrl.algorithms import register
+from genrl.algorithms.base import register
 from genrl.algorithms.grpo import GRPO
 
 

@@ -11,7 +11,7 @@
   training only on a window of 2–3 steps, ODE elsewhere.
 """
 
-from genrl.algorithms import register
+from genrl.algorithms.base import register
 from genrl.algorithms.grpo import GRPO
 
 

@@ -41,6 +41,7 @@ def _first_nonfinite_forward(model: torch.nn.Module) -> tuple[list, list[str]]:
 
 
 def probe_velocity(name: str, dtype: str, device: str, backends: list[str], sigma: float) -> None:
+    import genrl.testing  # noqa: F401  (registers the tiny-random-* models)
     from genrl import models
 
     model = models.load(name, lora_rank=4, lora_alpha=8, dtype=dtype, device=device)

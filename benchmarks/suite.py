@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+import genrl.algorithms  # noqa: F401  (registers the algorithms whose sections config parses)
 from genrl import config
 from genrl.config import ConfigError
 

@@ -1,4 +1,4 @@
-"""Sample grouping: advantages from the rewards of each prompt's group (DESIGN.md §5).
+"""Sample grouping: advantages from the rewards of each prompt's group (docs/architecture.md, "One update").
 
 An estimator maps rewards R [N] and group ids [N] to un-clipped advantages [N];
 `compute_advantages` handles several rewards and clipping.

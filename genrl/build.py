@@ -25,6 +25,7 @@ from genrl.models.base import ModelAdapter
 from genrl.objective import Objective
 from genrl.policy import ModelCalls
 from genrl.prompts import load_prompts
+from genrl.sharding import Sharding, shard_denoiser
 
 # Names registered by genrl.testing on import: real adapters and rewards on tiny random weights.
 TESTING_PREFIX, TESTING_MODULE = "tiny-random-", "genrl.testing"
@@ -103,8 +104,14 @@ def build_reward(cfg: Config):
         raise ConfigError(f"reward.options {cfg.reward.options!r} rejected by {cfg.reward.name!r}: {err}") from None
 
 
-def build(cfg: Config, adapter: ModelAdapter | None = None, reward=None, shard: tuple[int, int] = (0, 1)) -> Components:
-    """Everything a run needs, built and checked before anything is written to disk."""
+def build(cfg: Config, adapter: ModelAdapter | None = None, reward=None, shard: tuple[int, int] = (0, 1),
+          sharding: Sharding | None = None) -> Components:
+    """Everything a run needs, built and checked before anything is written to disk.
+
+    `shard` (rank, processes): this process's slice of every batch. `sharding`: the denoiser is
+    sharded (genrl.sharding) before the policy and the objective are made, so that what they
+    keep of its parameters (an "old" policy, say) is sharded like them.
+    """
     algorithm = build_algorithm(cfg)
     train_prompts = load_prompts(cfg.prompts.train)
     eval_prompts = load_prompts(cfg.prompts.eval)
@@ -121,6 +128,8 @@ def build(cfg: Config, adapter: ModelAdapter | None = None, reward=None, shard: 
         device=cfg.device,
         shard=shard,
     )
+    if sharding is not None:
+        shard_denoiser(adapter, sharding)
     calls = ModelCalls()
     policy = algorithm.make_policy(adapter, sigmas.to(cfg.device), micro_batch=cfg.sampling.micro_batch, calls=calls)
     objective = algorithm.make_objective(policy, adapter)

@@ -1,4 +1,4 @@
-"""`genrl train | eval | sample | bench` (DESIGN.md §10)."""
+"""`genrl train | eval | sample | bench` (docs/architecture.md, "Configuration and the CLI")."""
 
 from __future__ import annotations
 

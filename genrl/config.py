@@ -1,4 +1,4 @@
-"""Typed configuration: YAML maps one to one onto these dataclasses (docs/architecture.md, "Configuration").
+"""Typed configuration: YAML maps one to one onto these dataclasses (docs/architecture.md, "Configuration and the CLI").
 
 Every field has a default and a help text; `from_dict` rejects an unknown key or
 a bad value with an error naming the key, the value and what is allowed.

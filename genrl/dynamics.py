@@ -1,6 +1,6 @@
 """One denoising step of a flow-matching model, as pure float32 tensor maths.
 
-Convention of SD3 / FLUX (DESIGN.md §4): x_σ = (1−σ)·x0 + σ·ε and the model
+Convention of SD3 / FLUX (docs/architecture.md, "Dynamics"): x_σ = (1−σ)·x0 + σ·ε and the model
 predicts the velocity v ≈ ε − x0. A step goes from σ to σ' < σ, Δ = σ' − σ.
 Every kind maps (x, v, σ, σ') to the mean μ and the (per-sample) std s of a
 Gaussian over the next latent; sampling and log-densities are shared.

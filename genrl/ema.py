@@ -14,18 +14,22 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
+from genrl import sharding
 from genrl.models.base import ModelAdapter
 
 
 class ParameterEMA:
-    def __init__(self, adapter: ModelAdapter, decay: float, settle: Callable[[], None] = lambda: None):
-        """`settle` puts the parameters in the layout the average keeps (sharding.reshard under FSDP)."""
+    """An average of the adapter's trainable parameters: `train.ema`'s, or an algorithm's "old" policy."""
+
+    def __init__(self, adapter: ModelAdapter, decay: float, settle: Callable[[], None] | None = None):
+        """`settle` puts the parameters in the layout the average keeps; by default sharding.reshard, which
+        under FSDP brings back the shards a forward left gathered and does nothing to an unsharded model."""
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"train.ema must be in (0, 1) (or 0 for no average), got {decay}")
+            raise ValueError(f"the decay of an average must be in (0, 1) (train.ema: 0 for none), got {decay}")
         self.adapter = adapter
         self.decay = decay
-        self.settle = settle
-        settle()
+        self.settle = settle if settle is not None else (lambda: sharding.reshard(adapter))
+        self.settle()
         self.average = adapter.trainable_state_dict()  # copies; sharded like the parameters under FSDP
 
     @torch.no_grad()

@@ -51,7 +51,7 @@ class TrainState:
             "torch_rng": torch.get_rng_state(),
             "generator": self.generator.get_state(),
             "env": self.env.state_dict(),
-            "algorithm": self.algorithm.state_dict(),
+            "algorithm": _whole(self.algorithm.state_dict()),
         }
         if average is not None:  # what evaluation used and `genrl eval RUN_DIR` loads
             state["ema"] = {k: v.detach().cpu() for k, v in average.items()}
@@ -80,3 +80,11 @@ class TrainState:
         self.env.load_state_dict(env)
         self.algorithm.load_state_dict(state.get("algorithm", {}))
         return Progress(**state["progress"])
+
+
+def _whole(state):
+    """Sharded tensors anywhere in a nested dict gathered whole (a collective), so a checkpoint holds
+    full tensors whatever the layout; an algorithm loading them cuts them back (sharding.shard_like)."""
+    if isinstance(state, dict):
+        return {k: _whole(v) for k, v in state.items()}
+    return state.full_tensor() if isinstance(state, torch.Tensor) and sharding.is_sharded(state) else state

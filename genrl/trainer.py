@@ -74,20 +74,16 @@ class Trainer:
         if str(cfg.device).startswith("cuda"):
             cfg.device = str(self.dist.device)
         avoid_cudnn_attention(cfg.device)
-        self.parts = components or build(cfg, shard=(self.dist.rank, self.dist.world))  # input checked before any write
+        self.sharding = sharding.from_launcher() if self.dist.world > 1 else None  # replaces the parameters
+        shard = (self.dist.rank, self.dist.world)
+        self.parts = components or build(cfg, shard=shard, sharding=self.sharding)  # input checked before any write
         self.algorithm, self.objective = self.parts.algorithm, self.parts.objective
         self.run_dir = RunDir(run_dir or cfg.run_dir or default_run_dir(cfg), writes=self.dist.is_main)
-        self.sharding = sharding.from_launcher() if self.dist.world > 1 else None
-        if self.sharding is not None:  # before the optimizer: sharding replaces the parameters
-            sharding.shard_denoiser(self.parts.adapter, self.sharding)
         params = self.parts.adapter.trainable_parameters()
         if not params:
             raise ConfigError(f"model {cfg.model.name!r} has no trainable parameters (check model.options.finetune)")
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        self.ema = None
-        if cfg.train.ema:
-            settle = {} if self.sharding is None else {"settle": functools.partial(sharding.reshard, self.parts.adapter)}
-            self.ema = ParameterEMA(self.parts.adapter, cfg.train.ema, **settle)
+        self.ema = ParameterEMA(self.parts.adapter, cfg.train.ema) if cfg.train.ema else None
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)  # training draws and minibatch order
         self.state = TrainState(self.parts.adapter, self.optimizer, self.ema, self.parts.env, self.algorithm, self.generator)
         self.progress = Progress()

@@ -12,6 +12,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
+import genrl.algorithms  # noqa: E402,F401  (config parses the sections of the registered algorithms)
+import genrl.testing  # noqa: E402,F401  (the tiny-random-* models and rewards)
 from genrl import models, rewards  # noqa: E402
 from toy_adapter import ToyAdapter  # noqa: E402
 

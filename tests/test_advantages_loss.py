@@ -1,4 +1,4 @@
-"""GRPO core (DESIGN.md §5): advantages, multi-reward z-scoring, the clipped surrogate over units."""
+"""GRPO core (docs/architecture.md, "One update"): advantages, multi-reward z-scoring, the clipped surrogate over units."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Config (DESIGN.md §10): YAML onto dataclasses, errors that name the key, the value and what is allowed."""
+"""Config (docs/architecture.md, "Configuration and the CLI"): YAML onto dataclasses, errors that name the key, the value and what is allowed."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""The maths of DESIGN.md §4: each sampler against closed forms and properties."""
+"""The maths of docs/architecture.md, "Dynamics": each sampler against closed forms and properties."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""DESIGN.md §3: the torchrl env, the rollout contract, the policy's log-prob, the gymnasium env."""
+"""docs/architecture.md, "The rollout": the torchrl env, the rollout contract, the policy's log-prob, the gymnasium env."""
 
 import gymnasium
 import pytest

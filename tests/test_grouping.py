@@ -1,4 +1,4 @@
-"""Timestep grouping strategies (DESIGN.md §6, CHUNK_GRPO.md)."""
+"""Timestep grouping strategies (docs/architecture.md, "The GRPO family"; Chunk-GRPO, arXiv 2510.21583)."""
 
 import pytest
 import torch
@@ -29,7 +29,7 @@ def test_scale_chunk_sizes():
 
 def test_fixed_chunks_match_the_paper_for_17_steps():
     units = grouping.fixed_chunks(ctx(17))
-    assert units.combine == "mean"
+    assert units.combine is None  # how a chunk's log-ratios combine is the algorithm's rule (chunk_grpo.py: mean)
     for row in units.assignment:
         assert sizes_of(row) == [2, 3, 4, 7]
         assert row[-1] == -1  # the last transition is dropped

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from genrl.models import load
-from genrl.models.tiny_pretrain import learning_rate, main
+from genrl.shapeworld.pretrain import learning_rate, main
 
 
 def pretrain(out, *extra):

@@ -1,4 +1,4 @@
-"""The interface between genrl and a text-to-image flow model (DESIGN.md §7).
+"""The interface between genrl and a text-to-image flow model (docs/architecture.md, "Models and rewards").
 
 An adapter owns the model's modules and hides its conventions (timestep scale,
 latent packing, CFG or guidance embedding, VAE). genrl only ever calls:
@@ -19,6 +19,11 @@ from tensordict import TensorDict
 from torch import Tensor, nn
 
 from genrl.errors import CheckpointError
+from genrl.registry import Registry
+
+MODELS: Registry = Registry("model")  # adapters by name; genrl.models provides the built-in ones
+register = MODELS.register
+
 
 class ModelAdapter(nn.Module):
     """Base class; subclasses implement `encode`, `_velocity` and `decode`."""

@@ -1,4 +1,4 @@
-"""`flux`: FLUX.1-dev through diffusers (DESIGN.md §7).
+"""`flux`: FLUX.1-dev through diffusers (docs/architecture.md, "Models and rewards").
 
     model = genrl.models.load("flux", path="/models/FLUX.1-dev")
     model = genrl.models.load("flux", model_id="black-forest-labs/FLUX.1-dev", resolution=720)
@@ -23,7 +23,7 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 
-from genrl.models import register
+from genrl.models.base import register
 from genrl.models.hub import MODEL, TOKENIZER
 from genrl.models.sd3 import DiffusersFlowModel
 from genrl.keys import POOLED_EMBEDS, PROMPT_EMBEDS

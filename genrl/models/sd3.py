@@ -1,4 +1,4 @@
-"""`sd3`: Stable Diffusion 3 / 3.5 (Medium, Large) through diffusers (DESIGN.md §7).
+"""`sd3`: Stable Diffusion 3 / 3.5 (Medium, Large) through diffusers (docs/architecture.md, "Models and rewards").
 
     model = genrl.models.load("sd3", path="/models/sd3.5-medium")   # a diffusers-format folder
     model = genrl.models.load("sd3", model_id="stabilityai/stable-diffusion-3.5-large")  # from the HF cache
@@ -24,8 +24,7 @@ from tensordict import TensorDict
 from torch import Tensor
 
 from genrl.errors import ConfigError
-from genrl.models import register
-from genrl.models.base import ModelAdapter
+from genrl.models.base import ModelAdapter, register
 from genrl.models.hub import MODEL, TOKENIZER, resolve_model_dir
 from genrl.models.finetune import FinetunedTransformer, check_finetune
 from genrl.models.lora import save_lora

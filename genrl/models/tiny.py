@@ -1,9 +1,9 @@
-"""`tiny`: the embedded ShapeWorld base model (DESIGN.md §7, §9).
+"""`tiny`: the embedded ShapeWorld base model (docs/architecture.md, "Models and rewards").
 
 A small MMDiT (diffusers `SD3Transformer2DModel`) working directly in pixel
 space on 32×32 RGB images (patch 4 → 64 image tokens), conditioned by a tiny
 word-level text encoder (tiny_text.py). It was pretrained with rectified flow
-on rendered ShapeWorld scenes by `python -m genrl.models.tiny_pretrain`; the
+on rendered ShapeWorld scenes by `python -m genrl.shapeworld.pretrain`; the
 weights ship in genrl/assets/tiny (transformer.safetensors,
 text_encoder.safetensors, config.json).
 
@@ -28,8 +28,7 @@ from tensordict import TensorDict
 from torch import Tensor, nn
 
 from genrl.errors import ConfigError, ModelError
-from genrl.models import register
-from genrl.models.base import ModelAdapter
+from genrl.models.base import ModelAdapter, register
 from genrl.models.finetune import FinetunedTransformer, check_finetune
 from genrl.models.hub import ModelFilesNotFound
 from genrl.models.lora import DEFAULT_TARGETS
@@ -38,7 +37,7 @@ from genrl.models.tiny_text import TinyTextEncoder, WordTokenizer
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "tiny"
 WEIGHT_FILES = ("config.json", "transformer.safetensors", "text_encoder.safetensors")
 DEFAULT_LORA_TARGETS = DEFAULT_TARGETS
-# Measured with tiny_pretrain --eval on the shipped weights (config.json "eval", 46 prompts x 16
+# Measured with genrl.shapeworld.pretrain --eval on the shipped weights (config.json "eval", 46 prompts x 16
 # images, 20 ODE steps): strict 0.35 without CFG, 0.43 with guidance 2. CFG doubles the cost of
 # every rollout and training step, which RL on a CPU cannot afford; evaluate with guidance_scale=2.
 DEFAULT_GUIDANCE = 1.0
@@ -136,7 +135,7 @@ def read_weights(directory: str | Path) -> tuple[TinyConfig, dict, dict[str, Ten
     if missing:
         raise ModelFilesNotFound(
             f"tiny model weights not found in {directory}: missing {missing} (expected files: {list(WEIGHT_FILES)}); "
-            "create them with `python -m genrl.models.tiny_pretrain --out DIR` or pass pretrained=False"
+            "create them with `python -m genrl.shapeworld.pretrain --out DIR` or pass pretrained=False"
         )
     try:
         meta = json.loads((directory / "config.json").read_text())

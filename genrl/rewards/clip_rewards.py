@@ -1,4 +1,4 @@
-"""CLIP-based rewards from local weights (DESIGN.md §8): `pickscore`, `clip_score`, `aesthetic`.
+"""CLIP-based rewards from local weights (docs/architecture.md, "Models and rewards"): `pickscore`, `clip_score`, `aesthetic`.
 
     reward = genrl.rewards.load("pickscore", path="/models/PickScore_v1", processor_path="/models/CLIP-ViT-H-14")
     scores = reward(images, prompts)          # images [N, 3, H, W] in [0, 1] -> [N]
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from genrl.errors import ConfigError, RewardError
 from genrl.models.hub import MODEL, TOKENIZER, ModelFilesNotFound, find_file, resolve_model_dir
-from genrl.rewards import register
+from genrl.rewards.base import register
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)

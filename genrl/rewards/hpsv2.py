@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from genrl.errors import ConfigError, RewardError
 from genrl.models.hub import find_file
-from genrl.rewards import register
+from genrl.rewards.base import register
 from genrl.rewards.clip_rewards import CLIPReward, read_state_dict
 
 # Head counts are not recoverable from weight shapes: open_clip's model configs give them.
@@ -105,15 +105,17 @@ def open_clip_to_transformers(state: dict[str, Tensor], vision_heads: int, text_
     return config, out
 
 
-def load_open_clip_checkpoint(path: Path, arch: str = "ViT-H-14") -> nn.Module:
-    """A transformers CLIPModel from an open_clip checkpoint (.pt with a "state_dict", or .safetensors)."""
+def load_open_clip_checkpoint(path: Path, arch: str | dict = "ViT-H-14") -> nn.Module:
+    """A transformers CLIPModel from an open_clip checkpoint (.pt with a "state_dict", or .safetensors).
+
+    `arch`: a name in ARCHS, or its entry itself (the head counts, e.g. {vision_heads: 2, text_heads: 2})."""
     from transformers import CLIPModel
 
-    if arch not in ARCHS:
+    if not isinstance(arch, dict) and arch not in ARCHS:
         raise ConfigError(f"arch must be one of {sorted(ARCHS)} (or a dict of head counts), got {arch!r}")
     state = read_state_dict(path, "open_clip checkpoint")
     try:
-        config, converted = open_clip_to_transformers(state, **ARCHS[arch])
+        config, converted = open_clip_to_transformers(state, **(arch if isinstance(arch, dict) else ARCHS[arch]))
     except KeyError as e:
         raise RewardError(f"{path} is not an open_clip ViT CLIP checkpoint (no {e})") from e
     model = CLIPModel(config)
@@ -141,7 +143,7 @@ class HPSv2(CLIPReward):
     DEFAULT_MODEL_ID = "xswu/HPSv2"
     DEFAULT_PROCESSOR_ID = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
-    def __init__(self, *, arch: str = "ViT-H-14", **options):
+    def __init__(self, *, arch: str | dict = "ViT-H-14", **options):
         self.arch = arch
         super().__init__(**options)
 

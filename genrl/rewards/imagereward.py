@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from genrl.errors import RewardError
 from genrl.models.hub import TOKENIZER, find_file, resolve_model_dir
-from genrl.rewards import register
+from genrl.rewards.base import register
 from genrl.rewards.clip_rewards import OPENAI_MEAN, OPENAI_STD, clip_preprocess, linear_chain, parse_dtype, read_state_dict
 
 # ImageReward.py: the reward is standardised with these training-set statistics.

@@ -13,8 +13,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from genrl import rewards as registry
 from genrl.errors import ConfigError
+from genrl.rewards import base as registry
 
 
 @registry.register("multi")

@@ -1,4 +1,4 @@
-"""`shapeeval`: the ShapeWorld programmatic reward (DESIGN.md §9), GenEval-style.
+"""`shapeeval`: the ShapeWorld programmatic reward (docs/architecture.md, "ShapeWorld"), GenEval-style.
 
 "partial" (the default, for training) is the fraction of the prompt's constraints an
 image meets; "strict" is 1 only when all are met (the eval metric). The constraints of
@@ -12,7 +12,7 @@ from typing import Sequence
 from torch import Tensor
 
 from genrl.errors import ConfigError
-from genrl.rewards import register
+from genrl.rewards.base import register
 from genrl.shapeworld import score
 
 MODES = ("partial", "strict")

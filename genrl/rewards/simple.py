@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from genrl.rewards import register
+from genrl.rewards.base import register
 
 JPEG_QUALITY = 95
 

@@ -1,4 +1,4 @@
-"""ShapeWorld: the embedded toy text-to-image world (DESIGN.md §9).
+"""ShapeWorld: the embedded toy text-to-image world (docs/architecture.md, "ShapeWorld").
 
     grammar   parse prompts into constraints; enumerate every prompt; VOCABULARY
     prompts   the fixed train / eval split (shipped text files)

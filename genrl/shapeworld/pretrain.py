@@ -1,7 +1,7 @@
-"""Pretrain the tiny ShapeWorld model with rectified flow (DESIGN.md §9); evaluate it.
+"""Pretrain the tiny ShapeWorld model (genrl.models.tiny) with rectified flow; evaluate it.
 
-    python -m genrl.models.tiny_pretrain --out genrl/assets/tiny --steps 10000 --seed 0
-    python -m genrl.models.tiny_pretrain --eval genrl/assets/tiny --sample-steps 10 20 --guidance 1 2
+    python -m genrl.shapeworld.pretrain --out genrl/assets/tiny --steps 10000 --seed 0
+    python -m genrl.shapeworld.pretrain --eval genrl/assets/tiny --sample-steps 10 20 --guidance 1 2
 
 Training (text encoder + MMDiT jointly, from scratch):
     x0 = render(prompt, seed) mapped to [-1, 1], ε ~ N(0, I),
@@ -42,8 +42,11 @@ from typing import Sequence
 import torch
 from tensordict import TensorDict
 
+from genrl.evaluation import evaluate
 from genrl.models.base import ModelAdapter
 from genrl.models.tiny import POOLED_EMBEDS, PROMPT_EMBEDS, TinyConfig, TinyShapeModel, save_weights
+from genrl.shapeworld import VOCABULARY, all_prompts, eval_prompts, render_batch
+from genrl.shapeworld.grammar import category
 
 
 # --- evaluation ---------------------------------------------------------------------
@@ -52,9 +55,6 @@ from genrl.models.tiny import POOLED_EMBEDS, PROMPT_EMBEDS, TinyConfig, TinyShap
 def evaluate_base(adapter: ModelAdapter, steps: int = 20, seeds: int = 4, shift: float = 1.0) -> dict:
     """Strict and partial ShapeWorld scores on the eval prompts × `seeds` images, with the trainer's
     evaluation (`genrl.evaluation`: the same fixed per-prompt seeds, the same ODE sampler)."""
-    from genrl.evaluation import evaluate
-    from genrl.shapeworld import eval_prompts
-
     result, _, _ = evaluate(adapter, eval_prompts(), seeds, steps, shift, micro_batch=64)
     return {"score": result["score"], "partial": result["partial"], "per_category": result["per_category"]}
 
@@ -75,9 +75,6 @@ class PromptSampler:
     """Uniform over categories, then uniform within the category; seeded."""
 
     def __init__(self, seed: int):
-        from genrl.shapeworld import all_prompts
-        from genrl.shapeworld.grammar import category
-
         self.by_category: dict[str, list[str]] = {}
         for p in all_prompts():
             self.by_category.setdefault(category(p), []).append(p)
@@ -104,8 +101,6 @@ def learning_rate(step: int, args: argparse.Namespace) -> float:
 
 
 def train(args: argparse.Namespace) -> None:
-    from genrl.shapeworld import VOCABULARY, all_prompts, render_batch
-
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     cfg = TinyConfig(vocabulary=list(VOCABULARY), max_length=args.max_length, num_layers=args.num_layers)
@@ -139,7 +134,7 @@ def train(args: argparse.Namespace) -> None:
         print(f"[eval step {step_i}] K=10 {_format_scores(scores)}", flush=True)
         training = {**settings, "steps_done": step_i, "wall_minutes": round(wall / 60, 2), "parameters": n_params,
                     "sigma_sampling": "logit-normal(0, 1)", "history": history,
-                    "reproduce": f"python -m genrl.models.tiny_pretrain --out DIR {flags} --steps {args.steps}"}
+                    "reproduce": f"python -m genrl.shapeworld.pretrain --out DIR {flags} --steps {args.steps}"}
         extra = {"training": training, "eval": {"K10_seeds%d" % (4 if final else 1): scores}}
         save_weights(args.out, cfg, ema.text_encoder, ema.transformer, **extra)
         if args.snapshots:

@@ -1,0 +1,43 @@
+"""The reward interface: a registry, and the check every reward's output goes through.
+
+A reward is a callable `reward(images [N,3,H,W] in [0,1], prompts) -> Tensor [N]`,
+run under no_grad on the trainer's device. `checked_call` validates what it returns.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from genrl.errors import RewardError
+from genrl.registry import Registry
+
+REWARDS: Registry = Registry("reward")
+register = REWARDS.register
+
+RewardFn = Callable[[Tensor, Sequence[str]], Tensor]
+
+
+def load(name: str, **options) -> RewardFn:
+    """The reward registered as `name`, built with its options."""
+    return REWARDS.get(name)(**options)
+
+
+def checked_call(reward: RewardFn, images: Tensor, prompts: Sequence[str], name: str | None = None) -> Tensor:
+    """Call a reward under no_grad and reject a wrong shape or non-finite values, naming the culprit."""
+    name = name or getattr(reward, "name", type(reward).__name__)
+    with torch.no_grad():
+        scores = reward(images, prompts)
+    if not isinstance(scores, Tensor) or scores.shape != (len(prompts),):
+        shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise RewardError(f"reward {name!r} returned shape {shape}, expected ({len(prompts)},)")
+    bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
+    if bad:
+        i = bad[0]
+        raise RewardError(
+            f"reward {name!r} returned {scores[i].item()} for prompt {prompts[i]!r} "
+            f"({len(bad)} of {len(prompts)} scores are NaN or inf)"
+        )
+    return scores.float()

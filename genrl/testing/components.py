@@ -1,0 +1,152 @@
+"""The registered tiny random components: real adapters and rewards on tiny random weights.
+
+    models:  tiny-random-sd3, tiny-random-flux          (the `sd3` / `flux` adapters)
+    rewards: tiny-random-pickscore, tiny-random-clip_score, tiny-random-hpsv2,
+             tiny-random-imagereward                    (the real reward classes)
+
+Each builds its folder (genrl.testing.builders) once per process into a temporary
+directory and loads it through the real code, so that `genrl bench SUITE --dry-run`
+checks a GPU suite end to end on a CPU. Importing `genrl.testing` registers them;
+`genrl.build` does so when a config names one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from genrl.models import register as register_model
+from genrl.models.flux import FluxModel
+from genrl.models.sd3 import SD3Model
+from genrl.rewards import register as register_reward
+from genrl.rewards.clip_rewards import CLIPScore, PickScore
+from genrl.rewards.hpsv2 import HPSv2
+from genrl.rewards.imagereward import ImageReward
+from genrl.testing.builders import (
+    RESOLUTION,
+    make_tiny_clip,
+    make_tiny_flux,
+    make_tiny_imagereward,
+    make_tiny_sd3,
+    open_clip_state_dict,
+)
+
+
+_ROOT: Path | None = None
+_BUILT: dict[str, object] = {}
+# The adapters' small sizes; other options (lora_rank, finetune, guidance_scale, ...) pass through.
+TINY_MODEL_OPTIONS = dict(resolution=RESOLUTION, max_sequence_length=8, dtype="fp32", vae_dtype="fp32", device="cpu")
+# Where the real weights would be: meaningless here, so refused rather than silently ignored.
+_LOCATION_OPTIONS = ("path", "model_id", "cache_dir", "revision", "processor_path", "processor_id",
+                     "tokenizer_path", "tokenizer_id", "head_path", "head_model_id")
+
+
+def _built(kind: str):
+    """The files of `kind` ('sd3', 'flux', 'clip', 'hpsv2', 'imagereward'), written on first use.
+
+    The global RNG is left untouched (builders seed themselves), so a run's random
+    streams do not depend on whether the components were already built. In a
+    multi-process run transformers writes weights on rank 0 only, so rank 0 builds
+    and the other processes use its files (every process asks for the same kinds in order).
+    """
+    if kind not in _BUILT:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            box = [_build(kind) if torch.distributed.get_rank() == 0 else None]
+            torch.distributed.broadcast_object_list(box, src=0)
+            _BUILT[kind] = box[0]
+        else:
+            _BUILT[kind] = _build(kind)
+    return _BUILT[kind]
+
+
+def _build(kind: str):
+    global _ROOT
+    if _ROOT is None:
+        _ROOT = Path(tempfile.mkdtemp(prefix="genrl-tiny-random-"))
+        atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
+    with torch.random.fork_rng(devices=[]):
+        if kind == "sd3":
+            return make_tiny_sd3(_ROOT / "sd3")
+        if kind == "flux":
+            return make_tiny_flux(_ROOT / "flux")
+        if kind == "clip":
+            return make_tiny_clip(_ROOT / "clip")
+        if kind == "hpsv2":
+            from transformers import CLIPModel
+
+            clip = _BUILT.get("clip") or make_tiny_clip(_ROOT / "hpsv2-clip")  # not _built: no collective here
+            (_ROOT / "hpsv2").mkdir()
+            path = _ROOT / "hpsv2" / "HPS_v2.1_compressed.pt"
+            torch.save(open_clip_state_dict(CLIPModel.from_pretrained(clip)), path)
+            return path
+        if kind == "imagereward":
+            return make_tiny_imagereward(_ROOT / "imagereward")[:2]
+    raise ValueError(f"unknown tiny component {kind!r}")  # pragma: no cover - programming error
+
+
+def _no_location(name: str, options: dict) -> None:
+    given = sorted(set(options) & set(_LOCATION_OPTIONS))
+    if given:
+        raise TypeError(f"{name} builds its own random weights; it takes no {', '.join(given)}")
+
+
+def _tiny_model(name: str, base: type):
+    """A registered constructor: the real adapter `base` (SD3Model / FluxModel) on the tiny pipeline."""
+
+    def build(**options):
+        _no_location(name, options)
+        return base(path=_built(name.removeprefix("tiny-random-")), **{**TINY_MODEL_OPTIONS, **options})
+
+    build.__name__ = build.__qualname__ = name.replace("-", "_")
+    build.__doc__ = f"`{base.NAME}` on tiny random weights (defaults {TINY_MODEL_OPTIONS}), for --dry-run and tests."
+    return build
+
+
+register_model("tiny-random-sd3")(_tiny_model("tiny-random-sd3", SD3Model))
+register_model("tiny-random-flux")(_tiny_model("tiny-random-flux", FluxModel))
+TINY_CLIP_ARCH = dict(vision_heads=2, text_heads=2)  # head counts of make_tiny_clip
+
+
+@register_reward("tiny-random-pickscore")
+class TinyRandomPickScore(PickScore):
+    name = "tiny-random-pickscore"
+
+    def __init__(self, **options):
+        _no_location(self.name, options)
+        super().__init__(path=_built("clip"), **options)
+
+
+@register_reward("tiny-random-clip_score")
+class TinyRandomCLIPScore(CLIPScore):
+    name = "tiny-random-clip_score"
+
+    def __init__(self, **options):
+        _no_location(self.name, options)
+        super().__init__(path=_built("clip"), **options)
+
+
+@register_reward("tiny-random-hpsv2")
+class TinyRandomHPSv2(HPSv2):
+    """Through the open_clip checkpoint conversion, as the real HPS_v2.1_compressed.pt."""
+
+    name = "tiny-random-hpsv2"
+
+    def __init__(self, **options):
+        _no_location(self.name, options)
+        super().__init__(path=_built("hpsv2"), processor_path=_built("clip"), arch=TINY_CLIP_ARCH, **options)
+
+
+@register_reward("tiny-random-imagereward")
+class TinyRandomImageReward(ImageReward):
+    """Through the BLIP checkpoint conversion, as the real ImageReward.pt."""
+
+    name = "tiny-random-imagereward"
+
+    def __init__(self, **options):
+        _no_location(self.name, options)
+        checkpoint, tokenizer = _built("imagereward")
+        super().__init__(path=checkpoint, tokenizer_path=tokenizer, **options)
