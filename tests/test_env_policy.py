@@ -185,3 +185,17 @@ def test_dynamics_head_keeps_its_step_mask_on_the_device_of_its_sigmas():
 
     head = DynamicsHead(torch.linspace(1, 0, 5).to("meta"), stochastic_steps(4), "dance_sde")
     assert head.stochastic.device == head.sigmas.device == torch.device("meta")
+
+
+def test_the_env_state_dict_holds_its_random_streams():
+    """What a resumed run restores: the seeds and prompts of the next reset follow from env.state_dict() alone."""
+    env, _ = make()
+    env.reset()
+    state = env.state_dict()
+    assert set(state) == {"rng", "prompt_sampler"}
+    first = env.reset()
+    env.reset()
+    env.load_state_dict(state)
+    again = env.reset()
+    for key in (keys.NOISE_SEED, keys.STEP_SEED, keys.PROMPT_INDEX, keys.LATENTS):
+        assert torch.equal(first[key], again[key])
