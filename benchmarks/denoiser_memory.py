@@ -20,7 +20,7 @@ import time
 import torch
 
 from genrl.models.lora import add_lora
-from genrl.trainer import avoid_cudnn_attention
+from genrl.distributed import avoid_cudnn_attention
 
 # Published transformer configs (model_index.json's transformer/config.json of each repository).
 SD35M = dict(

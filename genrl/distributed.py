@@ -17,6 +17,17 @@ import torch
 from torch import Tensor
 
 
+def avoid_cudnn_attention(device: str) -> None:
+    """On CUDA, keep scaled_dot_product_attention off the cuDNN backend (flash / memory-efficient take over).
+
+    Measured on an H100 (bf16): one Chunk-GRPO update of a FLUX transformer gave NaN gradients, and
+    anomaly mode named ScaledDotProductCudnnAttentionBackward0; with this backend disabled the same
+    update was finite. cuDNN's SDPA backward has known NaN bugs at some shapes (pytorch/pytorch#196678).
+    """
+    if str(device).startswith("cuda"):
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 class Dist:
     def __init__(self, device: str = "cpu"):
         from accelerate import PartialState

@@ -1,10 +1,31 @@
-"""An update's metrics: diagnostics merged over passes, minibatches and processes; warnings; memory."""
+"""An update's metrics and schedule: rollout statistics, diagnostics merged over passes, minibatches and
+processes, the learning rate of an update, warnings, memory."""
 
 from __future__ import annotations
 
-import torch
+import math
 
-from genrl.config import Config
+import torch
+from tensordict import TensorDictBase
+
+from genrl import keys
+from genrl.config import Config, TrainConfig
+
+
+def l1_rel(rollout: TensorDictBase) -> torch.Tensor:
+    """‖x_{k+1} − x_k‖₁ / ‖x_k‖₁ per trajectory and step, [N, K]: the temporal dynamics Chunk-GRPO groups by."""
+    x, x_next = rollout.get(keys.LATENTS), rollout.get(keys.ACTION)
+    dims = tuple(range(2, x.dim()))
+    return (x_next - x).abs().sum(dims) / x.abs().sum(dims).clamp(min=1e-12)
+
+
+def learning_rate(train: TrainConfig, update: int) -> float:
+    """The learning rate of update `update` (0-based), from the update index alone so a resumed run
+    continues the schedule without scheduler state."""
+    factor = min(1.0, (update + 1) / (train.warmup + 1)) if train.warmup else 1.0
+    if train.lr_schedule == "cosine":
+        factor *= 0.5 * (1.0 + math.cos(math.pi * min(update, train.updates) / max(train.updates, 1)))
+    return train.lr * factor
 
 
 def merge_stats(stats: list[dict], weight_key: str | None = None) -> dict:

@@ -19,15 +19,15 @@ import torch
 from tensordict import TensorDictBase
 
 from genrl import checkpoint, evaluation, keys, sharding
-from genrl.advantages import combine_rewards, zero_std_fraction
+from genrl.advantages import zero_std_fraction
 from genrl.build import Components, build
-from genrl.config import Config, TrainConfig
-from genrl.distributed import Dist
+from genrl.config import Config
+from genrl.distributed import Dist, avoid_cudnn_attention
 from genrl.ema import ParameterEMA
 from genrl.errors import ConfigError, UserError
-from genrl.metrics import StabilityMonitor, merge_stats, peak_memory_mb
+from genrl.metrics import StabilityMonitor, l1_rel, learning_rate, merge_stats, peak_memory_mb
 from genrl.passes import in_lockstep, unit_passes
-from genrl.rewards import checked_call
+from genrl.rewards import score
 from genrl.run_dir import RunDir, default_run_dir
 from genrl.train_state import Progress, TrainState
 from genrl.training_batch import TrainingBatch, UpdateContext
@@ -38,33 +38,6 @@ __all__ = ["StabilityMonitor", "Trainer", "TrainingStopped", "avoid_cudnn_attent
 
 class TrainingStopped(UserError, RuntimeError):
     """The run stopped itself (e.g. too many non-finite updates); its checkpoint and metrics are kept."""
-
-
-def avoid_cudnn_attention(device: str) -> None:
-    """On CUDA, keep scaled_dot_product_attention off the cuDNN backend (flash / memory-efficient take over).
-
-    Measured on an H100 (bf16): one Chunk-GRPO update of a FLUX transformer gave NaN gradients, and
-    anomaly mode named ScaledDotProductCudnnAttentionBackward0; with this backend disabled the same
-    update was finite. cuDNN's SDPA backward has known NaN bugs at some shapes (pytorch/pytorch#196678).
-    """
-    if str(device).startswith("cuda"):
-        torch.backends.cuda.enable_cudnn_sdp(False)
-
-
-def l1_rel(rollout: TensorDictBase) -> torch.Tensor:
-    """‖x_{k+1} − x_k‖₁ / ‖x_k‖₁ per trajectory and step, [N, K]: the temporal dynamics Chunk-GRPO groups by."""
-    x, x_next = rollout.get(keys.LATENTS), rollout.get(keys.ACTION)
-    dims = tuple(range(2, x.dim()))
-    return (x_next - x).abs().sum(dims) / x.abs().sum(dims).clamp(min=1e-12)
-
-
-def learning_rate(train: TrainConfig, update: int) -> float:
-    """The learning rate of update `update` (0-based), from the update index alone so a resumed run
-    continues the schedule without scheduler state."""
-    factor = min(1.0, (update + 1) / (train.warmup + 1)) if train.warmup else 1.0
-    if train.lr_schedule == "cosine":
-        factor *= 0.5 * (1.0 + math.cos(math.pi * min(update, train.updates) / max(train.updates, 1)))
-    return train.lr * factor
 
 
 class Trainer:
@@ -100,7 +73,8 @@ class Trainer:
             rollout.set(keys.L1_REL, l1_rel(rollout))
             images = self.parts.adapter.decode(rollout.get(keys.ACTION)[:, -1]).float()
             prompts = [self.parts.train_prompts[i] for i in rollout.get(keys.PROMPT_INDEX)[:, 0].tolist()]
-            rewards = self.reward(images, prompts, rollout.get(keys.GROUP_ID)[:, 0])
+            rewards = score(self.parts.reward, images, prompts, rollout.get(keys.GROUP_ID)[:, 0],
+                            self.cfg.reward.normalize, self.cfg.reward.name)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.cfg.train, self.progress.update)
         # Advantages on the global batch (groups are whole on each process), bookkeeping on the CPU.
@@ -125,12 +99,6 @@ class Trainer:
                 "wall_s": round(self.progress.wall_s, 3), "images_per_s": round(len(all_rewards) / elapsed, 3),
                 "peak_mem_mb": peak_memory_mb(self.cfg.device),
                 "l1_rel": [round(v, 5) for v in self.dist.gather(rollout.get(keys.L1_REL)).mean(0).tolist()]}
-
-    def reward(self, images: torch.Tensor, prompts: list[str], group_id: torch.Tensor) -> torch.Tensor:
-        reward = self.parts.reward
-        if hasattr(reward, "components"):
-            return combine_rewards(reward.components(images, prompts), reward.weights, group_id, self.cfg.reward.normalize)
-        return checked_call(reward, images, prompts, self.cfg.reward.name)
 
     def optimise(self, batch: TrainingBatch, group_id: torch.Tensor, local_groups: torch.Tensor) -> dict:
         """Minibatches of whole groups, in an order drawn on the global batch; one optimizer step each."""

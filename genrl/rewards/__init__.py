@@ -8,7 +8,7 @@ are imported when first asked for by name; a user's own registers with `@registe
 from __future__ import annotations
 
 from genrl.errors import RewardError
-from genrl.rewards.base import REWARDS, RewardFn, checked_call, load, register
+from genrl.rewards.base import REWARDS, RewardFn, checked_call, load, register, score
 
 REWARDS.provide({
     "shapeeval": "genrl.rewards.shapeeval",
@@ -23,4 +23,4 @@ REWARDS.provide({
     "imagereward": "genrl.rewards.imagereward",
 })
 
-__all__ = ["REWARDS", "RewardError", "RewardFn", "checked_call", "load", "register"]
+__all__ = ["REWARDS", "RewardError", "RewardFn", "checked_call", "load", "register", "score"]

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from genrl.advantages import combine_rewards
 from genrl.errors import RewardError
 from genrl.registry import Registry
 
@@ -23,6 +24,15 @@ RewardFn = Callable[[Tensor, Sequence[str]], Tensor]
 def load(name: str, **options) -> RewardFn:
     """The reward registered as `name`, built with its options."""
     return REWARDS.get(name)(**options)
+
+
+def score(reward: RewardFn, images: Tensor, prompts: Sequence[str], group_id: Tensor, normalize: str = "none",
+          name: str | None = None) -> Tensor:
+    """The rewards [N] of a batch, checked; a reward of several `components` (multi) is their weighted sum,
+    each z-scored within its prompt group first when normalize="group" (genrl.advantages.combine_rewards)."""
+    if hasattr(reward, "components"):
+        return combine_rewards(reward.components(images, prompts), reward.weights, group_id, normalize)
+    return checked_call(reward, images, prompts, name)
 
 
 def checked_call(reward: RewardFn, images: Tensor, prompts: Sequence[str], name: str | None = None) -> Tensor:
