@@ -80,10 +80,9 @@ def probe_velocity(name: str, dtype: str, device: str, backends: list[str], sigm
 
 def probe_training(items: list[str]) -> None:
     from genrl import config
-    from genrl.cli import _split_config_and_overrides
     from genrl.trainer import Trainer
 
-    path, overrides = _split_config_and_overrides(items)
+    path, overrides = config.split_config_and_overrides(items)
     cfg = config.load(path, [*overrides, "train.updates=1", "log.eval_at_start=false", "log.eval_every=0",
                              "log.progress=false", "log.sample_every=0"])
     trainer = Trainer(cfg)

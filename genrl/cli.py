@@ -11,12 +11,6 @@ from pathlib import Path
 from genrl.errors import CheckpointError, ConfigError, PromptError, UserError
 
 
-def _split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
-    if items and "=" not in items[0]:
-        return items[0], items[1:]
-    return None, items
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from genrl import config
     from genrl.trainer import Trainer
@@ -24,13 +18,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.help_config:
         for key, default, help_text in config.describe():
             print(f"{key:32s} {default:24s} {help_text}")
-        print("\nalgorithm sections (flow_grpo:, dance_grpo:, chunk_grpo:) take:")
-        for key, default, help_text in config.describe(config.AlgorithmOptions):
-            print(f"  {key:30s} {default:24s} {help_text}")
+        by_options: dict[type, list[str]] = {}  # the registered algorithms, by the options class of their section
+        for name in config.ALGORITHMS.names():
+            by_options.setdefault(config.ALGORITHMS.get(name).options_class, []).append(f"{name}:")
+        for options, names in by_options.items():
+            print(f"\nalgorithm sections ({', '.join(names)}) take:")
+            for key, default, help_text in config.describe(options):
+                print(f"  {key:30s} {default:24s} {help_text}")
         return 0
     if _launched_here(args):
         return _relaunch_with_accelerate(args, [*args.items] + (["--resume", args.resume] if args.resume else []))
-    path, overrides = _split_config_and_overrides(args.items)
+    path, overrides = config.split_config_and_overrides(args.items)
     if args.resume:
         from genrl.resume import resume_config
 

@@ -304,6 +304,13 @@ def from_dict(data: dict, algorithms: Registry[AlgorithmEntry] | None = None) ->
     return cfg
 
 
+def split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
+    """`[CONFIG] [dotted.key=value ...]` of the command line -> (CONFIG or None, the overrides)."""
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    return None, items
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`train.updates=5` -> (['train', 'updates'], 5); the value is parsed as YAML."""
     if "=" not in text:

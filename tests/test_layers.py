@@ -74,6 +74,37 @@ def test_the_source_tree_is_found():
     assert "genrl.config" in GRAPH["genrl.trainer"] and "genrl.algorithms.grouping" in GRAPH["genrl.algorithms.grpo"]
 
 
+# The layers of docs/architecture.md, bottom to top: a module imports its own layer or lower ones only.
+LAYERS = [
+    ["genrl", "genrl.config", "genrl.errors", "genrl.registry", "genrl.keys", "genrl.dynamics", "genrl.advantages",
+     "genrl.noise", "genrl.checkpoint", "genrl.sharding", "genrl.distributed", "genrl.grids"],
+    ["genrl.shapeworld"],
+    ["genrl.prompts"],
+    ["genrl.models"],
+    ["genrl.rewards", "genrl.testing"],  # the fixtures: real adapters and rewards on random weights
+    ["genrl.policy"],
+    ["genrl.loss", "genrl.objective", "genrl.training_batch", "genrl.envs", "genrl.evaluation", "genrl.shapeworld.pretrain"],
+    ["genrl.algorithms"],
+    ["genrl.build"],
+    ["genrl.passes", "genrl.train_state", "genrl.run_dir", "genrl.metrics", "genrl.ema", "genrl.resume"],
+    ["genrl.trainer"],
+    ["genrl.benchmarks"],
+    ["genrl.cli", "genrl.__main__"],
+]
+
+
+def layer_of(module: str) -> int:
+    """The layer of the longest package prefix that names one (genrl.shapeworld.pretrain before genrl.shapeworld)."""
+    matches = [(len(name), i) for i, layer in enumerate(LAYERS) for name in layer
+               if module == name or (name != "genrl" and module.startswith(name + "."))]
+    return max(matches)[1] if matches else 0
+
+
+def test_every_module_imports_only_its_layer_or_lower_ones():
+    upward = {m: sorted(i for i in GRAPH[m] if layer_of(i) > layer_of(m)) for m in MODULES}
+    assert not {m: v for m, v in upward.items() if v}
+
+
 def test_core_never_imports_the_benchmarks():
     core = [m for m in MODULES if not in_package(m, "genrl.benchmarks") and m != "genrl.cli"]
     leaks = {m: sorted(i for i in GRAPH[m] if in_package(i, "genrl.benchmarks")) for m in core}
