@@ -83,7 +83,7 @@ class Algorithm:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        """`state` as saved, its tensors whole: under sharding, cut them back with sharding.shard_like(t, adapter)."""
 
 
 __all__ = ["Algorithm", "TrainingBatch", "UpdateContext", "register"]
