@@ -25,7 +25,6 @@ from tensordict import TensorDictBase
 from torch import Tensor
 
 
-
 @dataclass
 class UpdateContext:
     update: int  # index of this update (0-based), for schedules
