@@ -106,9 +106,10 @@ class AlgorithmOptions:
     shift: float = _field(1.0, "default timestep shift (sampling.shift overrides)")
     schedule: str = _field(
         "diffusers",
-        "σ grid of training rollouts: diffusers (the pipeline's scheduler: linspace(1, 1/1000, K) shifted, "
-        "then 0; Flow-GRPO) or linspace_shift (shift applied to linspace(1, 0, K+1); DanceGRPO, Chunk-GRPO, "
-        "whose last steps are much larger: K=17, shift 3: σ_16 0.158 against 0.0089)",
+        "σ grid of training rollouts: diffusers (FlowMatchEulerDiscreteScheduler's: K points from 1 to its "
+        "σ_min, shifted, then 0; Flow-GRPO's SD3 pipeline) or linspace_shift (the shift applied to "
+        "linspace(1, 0, K+1); DanceGRPO, Chunk-GRPO), whose last steps are much larger: K=17, shift 3: "
+        "σ_16 0.158 against 0.0089",
         choices=("diffusers", "linspace_shift"))
     sde_window: list | None = _field(None, "[start, size]: SDE (and training) only on these steps, ODE elsewhere")
     shared_noise: bool = _field(False, "the G samples of a prompt share their initial noise")
