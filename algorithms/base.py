@@ -34,6 +34,13 @@ class Algorithm:
         name = "eta" if self.options.dynamics == "dance_sde" else "a"
         return {name: self.options.noise_level}
 
+    @property
+    def log_prob_form(self) -> str:
+        """The step log-density (dynamics.LOG_PROBS): Flow-GRPO's constant-free form for cps unless
+        `cps_logprob: gaussian`; the exact Gaussian for the SDEs."""
+        o = self.options
+        return "squared_error" if o.dynamics == "cps" and o.cps_logprob == "reference" else "gaussian"
+
     def units(self, l1_rel: torch.Tensor, update: int, generator: torch.Generator) -> grouping.Units:
         """Timestep grouping of this update ([N, K] L1rel of the whole batch), then the draw of a
         fraction of units per trajectory."""

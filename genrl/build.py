@@ -57,6 +57,11 @@ def build_algorithm(cfg: Config) -> algorithms.Algorithm:
 
     if options.advantage not in ADVANTAGES:
         raise ConfigError(f"{cfg.algorithm}.advantage={options.advantage!r} is not allowed: choose one of {', '.join(ADVANTAGES.names())}")
+    if options.advantage_eps < 0:
+        raise ConfigError(f"{cfg.algorithm}.advantage_eps={options.advantage_eps!r} is not allowed: expected a float >= 0")
+    if options.clip_range_high is not None and options.clip_range_high <= 0:
+        raise ConfigError(f"{cfg.algorithm}.clip_range_high={options.clip_range_high!r} is not allowed: "
+                          "expected a positive float, or null for clip_range")
     return algorithms.get(cfg.algorithm)(options, cfg.sampling.num_steps)
 
 
@@ -89,8 +94,8 @@ def build(cfg: Config, adapter: ModelAdapter | None = None, reward=None, shard: 
     eval_prompts = load_prompts(cfg.prompts.eval)
     adapter = adapter if adapter is not None else build_model(cfg)
     reward = reward if reward is not None else build_reward(cfg)
-    sigmas = dynamics.flow_sigmas(cfg.sampling.num_steps, cfg.shift_for(adapter))
     o = cfg.algo
+    sigmas = dynamics.sigma_schedule(o.schedule, cfg.sampling.num_steps, cfg.shift_for(adapter))
     env = DenoisingEnv(
         adapter,
         PromptSampler(train_prompts, cfg.train.prompts_per_update, seed=cfg.seed),
@@ -108,8 +113,10 @@ def build(cfg: Config, adapter: ModelAdapter | None = None, reward=None, shard: 
         o.dynamics,
         micro_batch=cfg.sampling.micro_batch,
         logprob_reduce=o.logprob_reduce,
+        log_prob_form=algorithm.log_prob_form,
         **algorithm.dynamics_params,
     )
     combine = "mean"  # strategies may ask for "sum"; the loss reads it per update
-    loss = GRPOLoss(policy, clip_range=o.clip_range, beta=o.beta, combine=combine, reference=adapter.reference)
+    loss = GRPOLoss(policy, clip_range=o.clip_range, clip_range_high=o.clip_range_high, beta=o.beta, kl=o.kl,
+                    combine=combine, reference=adapter.reference)
     return Components(cfg, adapter, reward, algorithm, sigmas, env, policy, loss, train_prompts, eval_prompts)

@@ -104,6 +104,13 @@ class AlgorithmOptions:
     dynamics: str = _field("flow_sde", "sampler of training rollouts", choices=("flow_sde", "dance_sde", "cps"))
     noise_level: float = _field(0.7, "a for flow_sde / cps, η for dance_sde")
     shift: float = _field(1.0, "default timestep shift (sampling.shift overrides)")
+    schedule: str = _field(
+        "diffusers",
+        "σ grid of training rollouts: diffusers (FlowMatchEulerDiscreteScheduler's: K points from 1 to its "
+        "σ_min, shifted, then 0; Flow-GRPO's SD3 pipeline) or linspace_shift (the shift applied to "
+        "linspace(1, 0, K+1); DanceGRPO, Chunk-GRPO), whose last steps are much larger: K=17, shift 3: "
+        "σ_16 0.158 against 0.0089",
+        choices=("diffusers", "linspace_shift"))
     sde_window: list | None = _field(None, "[start, size]: SDE (and training) only on these steps, ODE elsewhere")
     shared_noise: bool = _field(False, "the G samples of a prompt share their initial noise")
     grouping: str = _field("per_step", "timestep grouping strategy (see genrl.algorithms.grouping)")
@@ -111,8 +118,28 @@ class AlgorithmOptions:
     unit_fraction: float = _field(1.0, "fraction of each trajectory's units trained per update")
     unit_weighting: str = _field("uniform", "how units are drawn when unit_fraction < 1", choices=("uniform", "l1", "softmax"))
     advantage: str = _field("per_prompt", "sample grouping / advantage estimator (per_prompt, global_std, …)")
-    clip_range: float = _field(1e-4, "ε of the clipped ratio")
+    advantage_std: str = _field(
+        "population",
+        "std of the advantage (R − mean) / (std + advantage_eps): population (numpy's, Flow-GRPO) or unbiased "
+        "(Bessel-corrected torch .std(), DanceGRPO / Chunk-GRPO; √(G/(G−1)) larger, so advantages that much smaller)",
+        choices=("population", "unbiased"))
+    advantage_eps: float = _field(1e-4, "ε of the advantage's denominator (Flow-GRPO 1e-4, DanceGRPO / Chunk-GRPO 1e-8)")
+    clip_range: float = _field(1e-4, "ε of the clipped ratio: ρ is clipped to [1 − clip_range, 1 + clip_range_high]")
+    clip_range_high: float | None = _field(
+        None, "upper ε of the clipped ratio (Chunk-GRPO's code has separate left / right ranges); null: clip_range")
     beta: float = _field(0.0, "KL weight to the reference policy")
+    kl: str = _field(
+        "reference",
+        "KL form: reference (Flow-GRPO's mean((μθ − μref)²)/(2g²), g the noise level without √(−Δ)) or exact "
+        "(the Gaussian KL, /(2s²)); at the same beta exact is 1/(−Δ) times stronger for the SDEs (×3.7 to ×25 "
+        "at K=10, shift 3), so beta_exact = beta_reference·(−Δ) matches a step; both agree for cps",
+        choices=("reference", "exact"))
+    cps_logprob: str = _field(
+        "reference",
+        "log-prob of dynamics=cps: reference (Flow-GRPO's −mean((x − μ)²), no constants) or gaussian (the exact "
+        "density); reference log-ratios are 2s² times the gaussian ones, so the same clip_range lets the "
+        "gaussian log-ratio move 1/(2s²) times as far (×2.5 at σ'=0.5, ×6e5 at σ'=0.001, a = 0.7)",
+        choices=("reference", "gaussian"))
     logprob_reduce: str = _field("mean", "reduce the Gaussian log-density over latent elements", choices=("mean", "sum"))
 
 

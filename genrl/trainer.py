@@ -216,7 +216,8 @@ class Trainer:
         # bookkeeping (advantages, units, minibatches) is done on the CPU, the model's work on cfg.device.
         all_rewards = self.dist.gather(rewards).cpu()
         group_id = self.dist.gather(rollout.get(keys.GROUP_ID)[:, 0]).cpu()
-        advantages = compute_advantages(all_rewards, group_id, self.cfg.algo.advantage, self.cfg.train.adv_clip)
+        a = self.cfg.algo
+        advantages = compute_advantages(all_rewards, group_id, a.advantage, self.cfg.train.adv_clip, a.advantage_std, a.advantage_eps)
         lo = self.dist.rank * rollout.batch_size[0]
         stats = self.optimise(rollout, advantages[lo : lo + rollout.batch_size[0]], group_id)
         if self.ema is not None:

@@ -27,10 +27,12 @@ _BUILTIN_MODULES = {
     "clip_score": "genrl.rewards.clip_rewards",
     "aesthetic": "genrl.rewards.clip_rewards",
     "hpsv2": "genrl.rewards.hpsv2",
+    "hpsv3": "genrl.rewards.hpsv3",
     "imagereward": "genrl.rewards.imagereward",
     "tiny-random-pickscore": "genrl.models.random_tiny",
     "tiny-random-clip_score": "genrl.models.random_tiny",
     "tiny-random-hpsv2": "genrl.models.random_tiny",
+    "tiny-random-hpsv3": "genrl.models.random_tiny",
     "tiny-random-imagereward": "genrl.models.random_tiny",
 }
 
