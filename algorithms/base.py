@@ -21,6 +21,7 @@ from typing import ClassVar
 from tensordict import TensorDictBase
 from torch import Tensor
 
+from genrl import dynamics
 from genrl.advantages import compute_advantages
 from genrl.config import ALGORITHMS, AlgorithmOptions
 from genrl.models.base import ModelAdapter
@@ -46,6 +47,10 @@ class Algorithm:
         """Sample grouping: the G samples of a prompt start from one initial noise."""
         return self.options.shared_noise
 
+    def sigmas(self, shift: float) -> Tensor:
+        """σ_0 = 1 > … > σ_K = 0, the rollout's noise levels: the options' schedule, shifted by `shift`."""
+        return dynamics.sigma_schedule(self.options.schedule, self.num_steps, shift)
+
     def stochastic_steps(self) -> Tensor:
         """[K] bool: steps sampled with the SDE, hence trainable; the last step is always the ODE."""
         return stochastic_steps(self.num_steps, self.options.sde_window)
@@ -56,16 +61,25 @@ class Algorithm:
         name = "eta" if self.options.dynamics == "dance_sde" else "a"
         return {name: self.options.noise_level}
 
+    @property
+    def log_prob_form(self) -> str:
+        """The step log-density (dynamics.LOG_PROBS): Flow-GRPO's constant-free form for cps unless
+        `cps_logprob: gaussian`; the exact Gaussian for the SDEs."""
+        o = self.options
+        return "squared_error" if o.dynamics == "cps" and o.cps_logprob == "reference" else "gaussian"
+
     def make_policy(self, adapter: ModelAdapter, sigmas: Tensor, *, micro_batch: int, calls: ModelCalls):
         """The rollout's actor (genrl.policy): the options' dynamics on the stochastic steps, the ODE elsewhere."""
         o = self.options
         return make_policy(adapter, sigmas, self.stochastic_steps(), o.dynamics, micro_batch=micro_batch,
-                           logprob_reduce=o.logprob_reduce, calls=calls, **self.dynamics_params)
+                           logprob_reduce=o.logprob_reduce, log_prob_form=self.log_prob_form, calls=calls,
+                           **self.dynamics_params)
 
     # -- sample grouping ----------------------------------------------------------------
     def advantages(self, rewards: Tensor, group_id: Tensor, clip: float) -> Tensor:
         """Advantages [N] of the global batch's rewards [N], clamped to ±clip."""
-        return compute_advantages(rewards, group_id, self.options.advantage, clip)
+        o = self.options
+        return compute_advantages(rewards, group_id, o.advantage, clip, o.advantage_std, o.advantage_eps)
 
     # -- the objective ------------------------------------------------------------------
     def make_objective(self, policy, adapter: ModelAdapter) -> Objective:

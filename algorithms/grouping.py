@@ -236,7 +236,10 @@ def unit_weights(units: Units, l1_rel: Tensor, weighting: str) -> Tensor:
 def draw_units(
     units: Units, fraction: float, generator: torch.Generator, l1_rel: Tensor | None = None, weighting: str = "uniform"
 ) -> Units:
-    """Keep round(fraction · U) units per trajectory (at least one), drawn without replacement."""
+    """Keep ⌊fraction · U⌋ units per trajectory (at least one), drawn without replacement.
+
+    The floor is the references' `int(len · timestep_fraction)` (DanceGRPO's steps, Chunk-GRPO's
+    chunks: 0.6 of 16 steps is 9, 0.5 of 4 chunks 2)."""
     if fraction >= 1:
         return units
     n = units.assignment.shape[0]
@@ -245,7 +248,7 @@ def draw_units(
     present = (weights > 0).sum(1)
     assignment = units.assignment.clone()
     for i in range(n):
-        keep = max(1, round(fraction * int(present[i])))
+        keep = max(1, int(int(present[i]) * fraction))
         chosen = torch.multinomial(weights[i], keep, replacement=False, generator=generator)
         dropped = torch.ones(weights.shape[1], dtype=torch.bool)
         dropped[chosen] = False

@@ -80,4 +80,5 @@ class GRPO(Algorithm):
 
     def make_objective(self, policy, adapter: ModelAdapter) -> GRPOLoss:
         o = self.options
-        return GRPOLoss(policy, clip_range=o.clip_range, beta=o.beta, combine=self.unit_combine, reference=adapter.reference)
+        return GRPOLoss(policy, clip_range=o.clip_range, clip_range_high=o.clip_range_high, beta=o.beta, kl=o.kl,
+                        combine=self.unit_combine, reference=adapter.reference)

@@ -117,7 +117,7 @@ def build(cfg: Config, adapter: ModelAdapter | None = None, reward=None, shard: 
     eval_prompts = load_prompts(cfg.prompts.eval)
     adapter = adapter if adapter is not None else build_model(cfg)
     reward = reward if reward is not None else build_reward(cfg)
-    sigmas = dynamics.flow_sigmas(cfg.sampling.num_steps, cfg.shift_for(adapter))
+    sigmas = algorithm.sigmas(cfg.shift_for(adapter))
     env = DenoisingEnv(
         adapter,
         PromptSampler(train_prompts, cfg.train.prompts_per_update, seed=cfg.seed),

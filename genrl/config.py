@@ -11,16 +11,17 @@ module) is imported, and this module never imports them.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-import yaml
-
+from genrl import config_io
+from genrl.config_io import apply_overrides, fill, load_yaml, parse_override, split_config_and_overrides
 from genrl.errors import ConfigError
 from genrl.registry import Registry
+
+__all__ = ["ALGORITHMS", "AlgorithmOptions", "Config", "ConfigError", "apply_overrides", "describe", "fill",
+           "from_dict", "load", "load_yaml", "parse_override", "split_config_and_overrides"]
 
 
 def _field(default: Any, help: str, choices: tuple | None = None, **kw) -> Any:
@@ -103,12 +104,20 @@ class AlgorithmOptions:
     """The options of the GRPO family's sections; each algorithm registers its own defaults.
 
     An algorithm of another family declares its own options class (`Algorithm.options_class`):
-    a dataclass with at least `shift` and `shared_noise`, and optionally `validate(key, num_steps)`.
+    a dataclass with `shift` (read here) and the fields that the `Algorithm` methods it keeps read
+    (shared_noise, schedule, advantage, advantage_std, advantage_eps), optionally `validate(key, num_steps)`.
     """
 
     dynamics: str = _field("flow_sde", "sampler of training rollouts", choices=("flow_sde", "dance_sde", "cps"))
     noise_level: float = _field(0.7, "a for flow_sde / cps, η for dance_sde")
     shift: float = _field(1.0, "default timestep shift (sampling.shift overrides)")
+    schedule: str = _field(
+        "diffusers",
+        "σ grid of training rollouts: diffusers (FlowMatchEulerDiscreteScheduler's: K points from 1 to its "
+        "σ_min, shifted, then 0; Flow-GRPO's SD3 pipeline) or linspace_shift (the shift applied to "
+        "linspace(1, 0, K+1); DanceGRPO, Chunk-GRPO), whose last steps are much larger: K=17, shift 3: "
+        "σ_16 0.158 against 0.0089",
+        choices=("diffusers", "linspace_shift"))
     sde_window: list | None = _field(None, "[start, size]: SDE (and training) only on these steps, ODE elsewhere")
     shared_noise: bool = _field(False, "the G samples of a prompt share their initial noise")
     grouping: str = _field("per_step", "timestep grouping strategy (see genrl.algorithms.grouping)")
@@ -116,8 +125,28 @@ class AlgorithmOptions:
     unit_fraction: float = _field(1.0, "fraction of each trajectory's units trained per update")
     unit_weighting: str = _field("uniform", "how units are drawn when unit_fraction < 1", choices=("uniform", "l1", "softmax"))
     advantage: str = _field("per_prompt", "sample grouping / advantage estimator (per_prompt, global_std, …)")
-    clip_range: float = _field(1e-4, "ε of the clipped ratio")
+    advantage_std: str = _field(
+        "population",
+        "std of the advantage (R − mean) / (std + advantage_eps): population (numpy's, Flow-GRPO) or unbiased "
+        "(Bessel-corrected torch .std(), DanceGRPO / Chunk-GRPO; √(G/(G−1)) larger, so advantages that much smaller)",
+        choices=("population", "unbiased"))
+    advantage_eps: float = _field(1e-4, "ε of the advantage's denominator (Flow-GRPO 1e-4, DanceGRPO / Chunk-GRPO 1e-8)")
+    clip_range: float = _field(1e-4, "ε of the clipped ratio: ρ is clipped to [1 − clip_range, 1 + clip_range_high]")
+    clip_range_high: float | None = _field(
+        None, "upper ε of the clipped ratio (Chunk-GRPO's code has separate left / right ranges); null: clip_range")
     beta: float = _field(0.0, "KL weight to the reference policy")
+    kl: str = _field(
+        "reference",
+        "KL form: reference (Flow-GRPO's mean((μθ − μref)²)/(2g²), g the noise level without √(−Δ)) or exact "
+        "(the Gaussian KL, /(2s²)); at the same beta exact is 1/(−Δ) times stronger for the SDEs (×3.7 to ×25 "
+        "at K=10, shift 3), so beta_exact = beta_reference·(−Δ) matches a step; both agree for cps",
+        choices=("reference", "exact"))
+    cps_logprob: str = _field(
+        "reference",
+        "log-prob of dynamics=cps: reference (Flow-GRPO's −mean((x − μ)²), no constants) or gaussian (the exact "
+        "density); reference log-ratios are 2s² times the gaussian ones, so the same clip_range lets the "
+        "gaussian log-ratio move 1/(2s²) times as far (×2.5 at σ'=0.5, ×6e5 at σ'=0.001, a = 0.7)",
+        choices=("reference", "gaussian"))
     logprob_reduce: str = _field("mean", "reduce the Gaussian log-density over latent elements", choices=("mean", "sum"))
 
     def validate(self, key: str, num_steps: int) -> None:
@@ -125,6 +154,9 @@ class AlgorithmOptions:
         _check(0 < self.unit_fraction <= 1, f"{key}.unit_fraction", self.unit_fraction, "a float in (0, 1]")
         _check(self.clip_range > 0, f"{key}.clip_range", self.clip_range, "a positive float")
         _check(self.beta >= 0, f"{key}.beta", self.beta, "a float >= 0")
+        _check(self.advantage_eps >= 0, f"{key}.advantage_eps", self.advantage_eps, "a float >= 0")
+        _check(self.clip_range_high is None or self.clip_range_high > 0, f"{key}.clip_range_high", self.clip_range_high,
+               "a positive float, or null for clip_range")
         if self.sde_window is not None:
             ok = len(self.sde_window) == 2 and all(isinstance(v, int) for v in self.sde_window)
             start, size = (self.sde_window if ok else (0, 0))
@@ -214,66 +246,7 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# dict / YAML -> dataclasses
-
-
-def _matches(value: Any, tp: Any) -> bool:
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, t) for t in typing.get_args(tp))
-    if origin is Literal:
-        return value in typing.get_args(tp)
-    if tp is type(None):
-        return value is None
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is not None:
-        return isinstance(value, origin)
-    return isinstance(value, tp)
-
-
-def _float_or_none(text: str) -> Any:
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def fill(cls: type, data: Any, prefix: str, base: Any | None = None) -> Any:
-    """Build dataclass `cls` from a dict, starting from `base` (an instance) or the defaults."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
-    obj = base if base is not None else cls()
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if key not in fields:
-            raise ConfigError(f"unknown config key {path!r}; allowed keys here: {', '.join(sorted(fields))}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            setattr(obj, key, fill(tp, value, f"{path}.", getattr(obj, key)))
-            continue
-        if isinstance(value, str) and _matches(1.0, tp) and not _matches(value, tp):
-            value = _float_or_none(value)  # YAML 1.1 reads 1e-5 (no dot) as a string
-        if not _matches(value, tp):
-            raise ConfigError(f"{path}={value!r} has the wrong type: expected {_type_name(tp)}")
-        choices = fields[key].metadata.get("choices")
-        if choices and value not in choices:
-            raise ConfigError(f"{path}={value!r} is not allowed: choose one of {', '.join(map(str, choices))}")
-        if tp is float or (typing.get_origin(tp) in (typing.Union, types.UnionType) and isinstance(value, int)
-                           and float in typing.get_args(tp)):
-            value = float(value)
-        setattr(obj, key, value)
-    return obj
+# dict / YAML -> Config (the generic parsing: genrl.config_io)
 
 
 def from_dict(data: dict, algorithms: Registry[AlgorithmEntry] | None = None) -> Config:
@@ -304,61 +277,7 @@ def from_dict(data: dict, algorithms: Registry[AlgorithmEntry] | None = None) ->
     return cfg
 
 
-def split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
-    """`[CONFIG] [dotted.key=value ...]` of the command line -> (CONFIG or None, the overrides)."""
-    if items and "=" not in items[0]:
-        return items[0], items[1:]
-    return None, items
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`train.updates=5` -> (['train', 'updates'], 5); the value is parsed as YAML."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like dotted.key=value")
-    key, raw = text.split("=", 1)
-    if not key:
-        raise ConfigError(f"override {text!r} has an empty key")
-    try:
-        value = yaml.safe_load(raw) if raw != "" else None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override {text!r}: cannot parse value {raw!r}: {err}") from None
-    return key.split("."), value
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    data = dict(data)
-    for text in overrides:
-        path, value = parse_override(text)
-        node = data
-        for part in path[:-1]:
-            child = node.get(part)
-            node[part] = dict(child) if isinstance(child, dict) else {}
-            node = node[part]
-        node[path[-1]] = value
-    return data
-
-
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "shapeworld.yaml"
-
-
-def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        bundled = Path(__file__).parent / "configs" / f"{path}"
-        bundled_yaml = bundled.with_suffix(".yaml")
-        if bundled_yaml.is_file():
-            path = bundled_yaml
-        else:
-            raise ConfigError(f"config file {str(path)!r} not found (nor a bundled config of that name in {bundled.parent})")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping at top level")
-    return data
 
 
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -369,12 +288,4 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
 
 def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
     """(key, default, help) for every field, for `genrl train --help-config` and the README."""
-    rows = []
-    for f in dataclasses.fields(cls):
-        tp = typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(tp):
-            rows += describe(tp, f"{prefix}{f.name}.")
-        elif f.name != "algorithms":
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append((f"{prefix}{f.name}", repr(default), f.metadata.get("help", "")))
-    return rows
+    return config_io.describe(cls, prefix)

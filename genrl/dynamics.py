@@ -42,6 +42,33 @@ def flow_sigmas(num_steps: int, shift: float = 1.0) -> Tensor:
     return scheduler.sigmas.to(torch.float32).clone()
 
 
+def linspace_shift_sigmas(num_steps: int, shift: float = 1.0) -> Tensor:
+    """σ_k = s·t/(1+(s−1)·t) at t = linspace(1, 0, K+1): DanceGRPO's and Chunk-GRPO's schedule.
+
+    XueZeyue/DanceGRPO, fastvideo/train_grpo_flux.py, sample_reference_model (and the
+    same code in xingzhejun/GCPO) shift a uniform grid that ends at 0 itself; diffusers'
+    grid ends at σ_min = 1/1000 before the final 0, so its last steps are much smaller
+    (K = 17, shift 3: σ_16 = 0.158 here, 0.0089 in diffusers).
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    t = torch.linspace(1, 0, num_steps + 1, dtype=torch.float64)
+    return (shift * t / (1 + (shift - 1) * t)).to(torch.float32)
+
+
+SCHEDULES: dict[str, Callable[[int, float], Tensor]] = {
+    "diffusers": flow_sigmas,  # Flow-GRPO: the pipeline's FlowMatchEulerDiscreteScheduler
+    "linspace_shift": linspace_shift_sigmas,  # DanceGRPO, Chunk-GRPO: sd3_time_shift(shift, linspace(1, 0, K+1))
+}
+
+
+def sigma_schedule(name: str, num_steps: int, shift: float = 1.0) -> Tensor:
+    """The K + 1 σ values of the schedule `name` (see SCHEDULES)."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}")
+    return SCHEDULES[name](num_steps, shift)
+
+
 def _per_sample(value: Tensor | float, like: Tensor) -> Tensor:
     """σ or s as [B, 1, 1, …] so it broadcasts over a latent [B, C, H, W]."""
     value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
@@ -128,6 +155,28 @@ def gaussian_log_prob(sample: Tensor, mean: Tensor, std: Tensor, reduce: str = "
     return torch.where(stochastic, reduced, torch.zeros_like(reduced))
 
 
+def squared_error_log_prob(sample: Tensor, mean: Tensor, std: Tensor, reduce: str = "mean") -> Tensor:
+    """−(x − μ)² reduced over all non-batch dims; 0 where s = 0.
+
+    Flow-GRPO's CPS log-prob (yifan123/flow_grpo, flow_grpo/diffusers_patch/sd3_sde_with_logprob.py,
+    sde_step_with_logprob, sde_type "cps": "remove all constants"). It drops the Gaussian's 1/(2s²)
+    and log s, so a log-ratio is 2s² times the Gaussian one: the same clip range is a different
+    trust region (at σ' = 0.5, a = 0.7: ×0.40; at σ' = 0.001: ×1.6·10⁻⁶).
+    """
+    if reduce not in ("mean", "sum"):
+        raise ValueError(f"logprob_reduce must be 'mean' or 'sum', got {reduce!r}")
+    elementwise = -((sample - mean) ** 2)
+    dims = tuple(range(1, sample.dim()))
+    reduced = elementwise.mean(dims) if reduce == "mean" else elementwise.sum(dims)
+    return torch.where(std > 0, reduced, torch.zeros_like(reduced))
+
+
+LOG_PROBS: dict[str, Callable[..., Tensor]] = {
+    "gaussian": gaussian_log_prob,
+    "squared_error": squared_error_log_prob,
+}
+
+
 def step(
     kind: str,
     x: Tensor,
@@ -137,19 +186,54 @@ def step(
     noise: Tensor | None = None,
     *,
     reduce: str = "mean",
+    log_prob: str = "gaussian",
     **params,
 ) -> StepOutput:
-    """x_{k+1} = μ + s·noise and its log-density. `noise=None` returns the mean."""
+    """x_{k+1} = μ + s·noise and its log-density (LOG_PROBS[log_prob]). `noise=None` returns the mean."""
     if kind not in MEAN_STD:
         raise ValueError(f"unknown dynamics {kind!r}; choose one of {sorted(MEAN_STD)}")
     x, v = x.float(), v.float()
     mean, std = MEAN_STD[kind](x, v, sigma, sigma_next, **params)
     sample = mean if noise is None else mean + _per_sample(std, mean) * noise
-    return StepOutput(sample, mean, std, gaussian_log_prob(sample, mean, std, reduce))
+    return StepOutput(sample, mean, std, LOG_PROBS[log_prob](sample, mean, std, reduce))
+
+
+def _sde_noise_level(std: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:
+    # s = g·√(−Δ) for both SDE kinds, so g = s / √(σ − σ')
+    return std / torch.sqrt(torch.as_tensor(sigma - sigma_next, dtype=std.dtype, device=std.device))
+
+
+# The std_dev_t that Flow-GRPO's sde_step_with_logprob returns, which its training loss divides
+# by: the noise level g without the √(−Δ) factor for the SDEs, the step's std itself for CPS.
+REFERENCE_KL_STD: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
+    "ode": lambda std, sigma, sigma_next: std,
+    "flow_sde": _sde_noise_level,
+    "dance_sde": _sde_noise_level,
+    "cps": lambda std, sigma, sigma_next: std,
+}
+KL_FORMS = ("reference", "exact")
+
+
+def kl_std(form: str, kind: str, std: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:
+    """The s_KL [B] of KL = mean((μ_θ − μ_ref)²) / (2·s_KL²) for each KL form.
+
+    "exact": the step's std s, so KL is the KL divergence of the two Gaussian steps.
+    "reference": Flow-GRPO's (yifan123/flow_grpo, scripts/train_sd3.py, main, kl_loss), which
+    divides by 2g² for the SDEs: at the same β the exact penalty is 1/(−Δ) times the reference's
+    (×3.7 to ×25 over the steps of K = 10, shift 3); β_exact = β_reference·(−Δ) gives the same
+    penalty at a step. For CPS (s = σ'·sin(aπ/2) has no √(−Δ)) both forms agree.
+    """
+    if form == "exact":
+        return std
+    if form != "reference":
+        raise ValueError(f"kl must be one of {KL_FORMS}, got {form!r}")
+    return REFERENCE_KL_STD[kind](std, sigma, sigma_next)
 
 
 def kl_to_reference(mean: Tensor, ref_mean: Tensor, std: Tensor) -> Tensor:
-    """KL(N(μ_θ, s²) ‖ N(μ_ref, s²)) per element, averaged: mean((μ_θ − μ_ref)² / (2s²)); 0 where s = 0."""
+    """KL(N(μ_θ, s²) ‖ N(μ_ref, s²)) per element, averaged: mean((μ_θ − μ_ref)² / (2s²)); 0 where s = 0.
+
+    With `std` from `kl_std(form, …)` this is either KL form."""
     stochastic = std > 0
     s = _per_sample(torch.where(stochastic, std, torch.ones_like(std)), mean)
     kl = ((mean - ref_mean) ** 2 / (2 * s**2)).mean(tuple(range(1, mean.dim())))

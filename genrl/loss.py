@@ -3,9 +3,12 @@
 A unit u is a set of steps of one trajectory; its log-ratio ℓ_u combines the
 per-step log-ratios (mean: geometric-mean ratio, Chunk-GRPO eq. 7; sum), and
 
-    L = E_u[ max(−A·ρ_u, −A·clip(ρ_u, 1−ε, 1+ε)) ] + β·KL,   ρ_u = exp(ℓ_u),
+    L = E_u[ max(−A·ρ_u, −A·clip(ρ_u, 1−ε, 1+ε_high)) ] + β·KL,   ρ_u = exp(ℓ_u),
 
-KL = mean over latent elements of (μ_θ − μ_ref)² / (2s²), averaged per unit like the ratio.
+ε_high = ε unless set (Chunk-GRPO's code clips with separate left / right ranges);
+KL = mean over latent elements of (μ_θ − μ_ref)² / (2·s_KL²), averaged per unit like
+the ratio, with s_KL the step's std ("exact") or Flow-GRPO's noise level ("reference",
+see `dynamics.kl_std`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from torch import Tensor
 
 from genrl import dynamics, keys
 from genrl.objective import Objective
-from genrl.policy import mean_module
+from genrl.policy import dynamics_head, mean_module
 
 
 def unit_reduce(values: Tensor, unit: Tensor, num_units: int, combine: str = "mean") -> Tensor:
@@ -32,11 +35,14 @@ def unit_reduce(values: Tensor, unit: Tensor, num_units: int, combine: str = "me
     return total / count
 
 
-def clipped_surrogate(log_ratio: Tensor, advantage: Tensor, clip_range: float) -> tuple[Tensor, Tensor]:
-    """Per-unit PPO loss max(−A·ρ, −A·clip(ρ)) and whether the clip was active."""
+def clipped_surrogate(
+    log_ratio: Tensor, advantage: Tensor, clip_range: float, clip_range_high: float | None = None
+) -> tuple[Tensor, Tensor]:
+    """Per-unit PPO loss max(−A·ρ, −A·clip(ρ, 1 − ε, 1 + ε_high)) and whether the clip was active."""
+    high = clip_range if clip_range_high is None else clip_range_high
     ratio = torch.exp(log_ratio)
     unclipped = -advantage * ratio
-    clipped = -advantage * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
+    clipped = -advantage * torch.clamp(ratio, 1 - clip_range, 1 + high)
     return torch.maximum(unclipped, clipped), (clipped > unclipped)
 
 
@@ -60,14 +66,22 @@ class GRPOLoss(Objective):
         unit: str = keys.UNIT
         loc: str = keys.LOC
         scale: str = keys.SCALE
+        step: str = keys.STEP
 
-    def __init__(self, actor, clip_range: float = 1e-4, beta: float = 0.0, combine: str = "mean", reference=None):
+    def __init__(
+        self, actor, clip_range: float = 1e-4, beta: float = 0.0, combine: str = "mean", reference=None,
+        clip_range_high: float | None = None, kl: str = "exact",
+    ):
         super().__init__()
         if combine not in ("mean", "sum"):
             raise ValueError(f"combine must be 'mean' or 'sum', got {combine!r}")
+        if kl not in dynamics.KL_FORMS:
+            raise ValueError(f"kl must be one of {dynamics.KL_FORMS}, got {kl!r}")
         self.actor = actor
         self.clip_range = clip_range
+        self.clip_range_high = clip_range_high
         self.beta = beta
+        self.kl = kl
         self.combine = combine  # how a unit's per-step log-ratios make its log-ratio
         self.reference = reference  # context manager factory giving the frozen base policy
 
@@ -82,13 +96,16 @@ class GRPOLoss(Objective):
         unit_log_ratio = unit_reduce(step_log_ratio, unit, num_units, self.combine)  # [U]
         # every step of a unit carries its trajectory's advantage
         advantage = torch.zeros(num_units, device=unit.device).scatter(0, unit, td.get(k.advantage).float())
-        policy_loss, clipped = clipped_surrogate(unit_log_ratio, advantage, self.clip_range)
+        policy_loss, clipped = clipped_surrogate(unit_log_ratio, advantage, self.clip_range, self.clip_range_high)
         out = {"loss_policy": policy_loss.mean()}
         if self.beta > 0:
             chain = mean_module(self.actor)
             with torch.no_grad(), self.reference():
                 ref_td = chain(td.select(*chain.in_keys).clone(False))
-            step_kl = dynamics.kl_to_reference(dist.loc, ref_td.get(k.loc), dist.scale)
+            head = dynamics_head(self.actor)
+            sigma, sigma_next = head.step_sigmas(td.get(k.step))
+            kl_std = dynamics.kl_std(self.kl, head.kind, dist.scale, sigma, sigma_next)
+            step_kl = dynamics.kl_to_reference(dist.loc, ref_td.get(k.loc), kl_std)
             kl = unit_reduce(step_kl, unit, num_units, "mean")
             out["loss_kl"] = self.beta * kl.mean()
             out["kl"] = kl.mean().detach()

@@ -122,10 +122,15 @@ class DynamicsHead(nn.Module):
         if kind == "flow_sde":
             self.params.setdefault("sigma_1", float(sigmas[1]))
 
+    def step_sigmas(self, step: Tensor) -> tuple[Tensor, Tensor]:
+        """σ and σ' [B] of each row's step."""
+        step = step.reshape(-1).long()
+        return self.sigmas[step], self.sigmas[step + 1]
+
     def forward(self, latents: Tensor, velocity: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
         step = step.reshape(-1).long()
         x, v = latents.float(), velocity.float()
-        sigma, sigma_next = self.sigmas[step], self.sigmas[step + 1]
+        sigma, sigma_next = self.step_sigmas(step)
         sde_mean, sde_std = dynamics.MEAN_STD[self.kind](x, v, sigma, sigma_next, **self.params)
         ode_mean, _ = dynamics.ode_mean_std(x, v, sigma, sigma_next)
         stochastic = self.stochastic[step]
@@ -136,13 +141,23 @@ class DynamicsHead(nn.Module):
 
 
 class StepGaussian(Distribution):
-    """N(loc, scale² I) with one scale per sample and a log-density reduced over the latent (dynamics.gaussian_log_prob)."""
+    """N(loc, scale² I) with one scale per sample and a log-density reduced over the latent.
+
+    `log_prob_form` names the density in dynamics.LOG_PROBS: "gaussian" (the exact one), or
+    "squared_error" (Flow-GRPO's CPS form without constants, see dynamics.squared_error_log_prob).
+    """
 
     arg_constraints = {"loc": constraints.real, "scale": constraints.greater_than_eq(0)}
     has_rsample = True
 
-    def __init__(self, loc: Tensor, scale: Tensor, seed: Tensor | None = None, step: Tensor | None = None, reduce: str = "mean"):
+    def __init__(
+        self, loc: Tensor, scale: Tensor, seed: Tensor | None = None, step: Tensor | None = None, reduce: str = "mean",
+        log_prob_form: str = "gaussian",
+    ):
+        if log_prob_form not in dynamics.LOG_PROBS:
+            raise ValueError(f"unknown log-prob form {log_prob_form!r}; choose one of {sorted(dynamics.LOG_PROBS)}")
         self.loc, self.scale, self.reduce = loc, scale.reshape(loc.shape[0]), reduce
+        self.log_prob_form = log_prob_form
         self.seed, self.step = seed, step
         super().__init__(batch_shape=loc.shape[:1], event_shape=loc.shape[1:], validate_args=False)
 
@@ -162,7 +177,7 @@ class StepGaussian(Distribution):
         return self.loc
 
     def log_prob(self, value: Tensor) -> Tensor:
-        return dynamics.gaussian_log_prob(value, self.loc, self.scale, self.reduce)
+        return dynamics.LOG_PROBS[self.log_prob_form](value, self.loc, self.scale, self.reduce)
 
 
 def step_noise(seeds: Tensor, steps: Tensor, shape: torch.Size, device: torch.device) -> Tensor:
@@ -194,6 +209,7 @@ def make_policy(
     *,
     micro_batch: int = 16,
     logprob_reduce: str = "mean",
+    log_prob_form: str = "gaussian",
     calls: ModelCalls | None = None,
     **dynamics_params,
 ) -> ProbabilisticActor:
@@ -214,7 +230,7 @@ def make_policy(
         in_keys={"loc": keys.LOC, "scale": keys.SCALE, "seed": keys.STEP_SEED, "step": keys.STEP},
         out_keys=[keys.ACTION],
         distribution_class=StepGaussian,
-        distribution_kwargs={"reduce": logprob_reduce},
+        distribution_kwargs={"reduce": logprob_reduce, "log_prob_form": log_prob_form},
         return_log_prob=True,
         log_prob_key=keys.LOG_PROB,
         default_interaction_type=InteractionType.RANDOM,

@@ -29,8 +29,11 @@ N, K, M = 8, 6, 2  # trajectories per update (toy_overrides), denoising steps, r
 @dataclass
 class FlowMatchingOptions:
     shift: float = 1.0  # timestep shift of the rollout's schedule
+    schedule: str = "diffusers"  # its σ grid (dynamics.sigma_schedule)
     shared_noise: bool = False  # the G samples of a prompt share their initial noise
-    advantage: str = "per_prompt"
+    advantage: str = "per_prompt"  # group-relative advantages, as the GRPO family's
+    advantage_std: str = "population"
+    advantage_eps: float = 1e-4
     draws: int = 1  # re-noisings of each final sample per update
     anchor: float = 0.1  # weight of ‖v_θ − v_old‖²
     old_decay: float = 0.5  # old ← decay·old + (1 − decay)·θ after every optimizer step

@@ -76,7 +76,7 @@ def test_the_source_tree_is_found():
 
 # The layers of docs/architecture.md, bottom to top: a module imports its own layer or lower ones only.
 LAYERS = [
-    ["genrl", "genrl.config", "genrl.errors", "genrl.registry", "genrl.keys", "genrl.dynamics", "genrl.advantages",
+    ["genrl", "genrl.config", "genrl.config_io", "genrl.errors", "genrl.registry", "genrl.keys", "genrl.dynamics", "genrl.advantages",
      "genrl.noise", "genrl.checkpoint", "genrl.sharding", "genrl.distributed", "genrl.grids"],
     ["genrl.shapeworld"],
     ["genrl.prompts"],

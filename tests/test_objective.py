@@ -140,7 +140,7 @@ def test_units_per_trajectory_is_the_mean_number_trained_under_a_draw():
     assert drawn.num_slots > 2  # the largest index drawn: what the metric used to report
     assert drawn.units_per_trajectory == 2.0
     chunks = grouping.fixed_chunks(ctx, sizes=[2, 3, 3])
-    half = grouping.draw_units(chunks, 0.5, torch.Generator().manual_seed(0))  # round(1.5) = 2 of 3 chunks
-    assert half.units_per_trajectory == 2.0 and (half.assignment >= 0).sum(1).tolist() != [8] * 4
+    two_of_three = grouping.draw_units(chunks, 0.67, torch.Generator().manual_seed(0))  # ⌊2.01⌋ = 2 of 3 chunks
+    assert two_of_three.units_per_trajectory == 2.0 and two_of_three.num_slots == 3
     uneven = grouping.Units(torch.tensor([[0, 0, 1, -1], [2, -1, -1, -1]]))
     assert uneven.units_per_trajectory == 1.5  # (2 + 1) / 2

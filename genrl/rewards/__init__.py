@@ -20,6 +20,7 @@ REWARDS.provide({
     "clip_score": "genrl.rewards.clip_rewards",
     "aesthetic": "genrl.rewards.clip_rewards",
     "hpsv2": "genrl.rewards.hpsv2",
+    "hpsv3": "genrl.rewards.hpsv3",
     "imagereward": "genrl.rewards.imagereward",
 })
 

@@ -292,8 +292,91 @@ def make_tiny_imagereward(directory: Path, seed: int = 0):
     return directory / "ImageReward.pt", directory / "tokenizer", vision, text, mlp
 
 
+QWEN2VL_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                   "<|image_pad|>", "<|video_pad|>"]
+# Qwen2-VL-Instruct's chat template in the parts HPSv3 uses: the default system turn, an image
+# placeholder per image part, the generation prompt.
+QWEN2VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
+    "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def write_qwen2vl_processor(directory: Path) -> dict[str, int]:
+    """A Qwen2-VL-shaped processor folder: word-level tokenizer over WORDS with Qwen's special tokens,
+    chat template, image processor (14 px patches, 2 x 2 merge); returns the special tokens' ids."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    try:
+        from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil as ImageProcessor
+    except ImportError:  # transformers < 5: the PIL processor has the plain name
+        from transformers.models.qwen2_vl import Qwen2VLImageProcessor as ImageProcessor
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = {"<unk>": 0, **{w: i + 1 for i, w in enumerate(WORDS)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<|endoftext|>",
+                                        eos_token="<|im_end|>", additional_special_tokens=QWEN2VL_SPECIAL[1:])
+    tokenizer.chat_template = QWEN2VL_CHAT_TEMPLATE
+    tokenizer.save_pretrained(directory)
+    ImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 1280, patch_size=14, merge_size=2,
+                   temporal_patch_size=2).save_pretrained(directory)
+    return {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN2VL_SPECIAL} | {"vocab": len(tokenizer)}
+
+
+def make_tiny_hpsv3(directory: Path, seed: int = 0) -> tuple[Path, Path]:
+    """HPSv3's files for a tiny random Qwen2-VL: (HPSv3.safetensors, processor folder).
+
+    The processor folder holds config.json, tokenizer, chat template and image processor, as a
+    Qwen2-VL-7B-Instruct download does; the checkpoint is the whole reward model's state dict in
+    HPSv3's layout (visual.*, model.*, lm_head.*, and a "ranknet" rm_head.{0,3,5}), with the
+    embeddings resized for the added <|Reward|> token.
+    """
+    from safetensors.torch import save_file
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    directory = Path(directory)
+    torch.manual_seed(seed)
+    ids = write_qwen2vl_processor(directory / "processor")
+    hidden = 32
+    config = Qwen2VLConfig(
+        text_config=dict(
+            hidden_size=hidden, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+            vocab_size=ids["vocab"], max_position_embeddings=4096, bos_token_id=ids["<|im_start|>"],
+            eos_token_id=ids["<|im_end|>"], rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+        ),
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )  # fmt: skip
+    config.save_pretrained(directory / "processor")
+    model = Qwen2VLForConditionalGeneration(config)
+    model.resize_token_embeddings(ids["vocab"] + 1)  # + <|Reward|>, as hpsv3/train.py does
+    with torch.no_grad():  # random norms too, so that no mapping error can hide
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    head = torch.nn.Sequential(torch.nn.Linear(hidden, 1024), torch.nn.ReLU(), torch.nn.Dropout(0.05),
+                               torch.nn.Linear(1024, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))  # fmt: skip
+    state = {}
+    for key, value in model.state_dict().items():  # transformers >= 4.52 names → HPSv3's (older) names
+        key = key.replace("model.visual.", "visual.", 1).replace("model.language_model.", "model.", 1)
+        state[key] = value.contiguous()
+    state.update({f"rm_head.{k}": v for k, v in head.state_dict().items()})
+    save_file(state, directory / "HPSv3.safetensors")
+    return directory / "HPSv3.safetensors", directory / "processor"
+
+
 __all__ = [
-    "CLIP_MAX_LENGTH", "RESOLUTION", "WORDS", "clip_text_config", "make_tiny_clip", "make_tiny_flux",
-    "make_tiny_imagereward", "make_tiny_sd3", "open_clip_state_dict", "t5_encoder", "tiny_vae",
-    "write_aesthetic_head", "write_bert_tokenizer", "write_clip_tokenizer", "write_t5_tokenizer",
+    "CLIP_MAX_LENGTH", "RESOLUTION", "WORDS", "clip_text_config", "make_tiny_clip", "make_tiny_flux", "make_tiny_hpsv3",
+    "make_tiny_imagereward", "make_tiny_sd3", "open_clip_state_dict", "t5_encoder", "tiny_vae", "write_aesthetic_head",
+    "write_bert_tokenizer", "write_clip_tokenizer", "write_qwen2vl_processor", "write_t5_tokenizer",
 ]  # fmt: skip

@@ -2,7 +2,7 @@
 
     models:  tiny-random-sd3, tiny-random-flux          (the `sd3` / `flux` adapters)
     rewards: tiny-random-pickscore, tiny-random-clip_score, tiny-random-hpsv2,
-             tiny-random-imagereward                    (the real reward classes)
+             tiny-random-hpsv3, tiny-random-imagereward (the real reward classes)
 
 Each builds its folder (genrl.testing.builders) once per process into a temporary
 directory and loads it through the real code, so that `genrl bench SUITE --dry-run`
@@ -25,11 +25,13 @@ from genrl.models.sd3 import SD3Model
 from genrl.rewards import register as register_reward
 from genrl.rewards.clip_rewards import CLIPScore, PickScore
 from genrl.rewards.hpsv2 import HPSv2
+from genrl.rewards.hpsv3 import HPSv3
 from genrl.rewards.imagereward import ImageReward
 from genrl.testing.builders import (
     RESOLUTION,
     make_tiny_clip,
     make_tiny_flux,
+    make_tiny_hpsv3,
     make_tiny_imagereward,
     make_tiny_sd3,
     open_clip_state_dict,
@@ -46,7 +48,7 @@ _LOCATION_OPTIONS = ("path", "model_id", "cache_dir", "revision", "processor_pat
 
 
 def _built(kind: str):
-    """The files of `kind` ('sd3', 'flux', 'clip', 'hpsv2', 'imagereward'), written on first use.
+    """The files of `kind` ('sd3', 'flux', 'clip', 'hpsv2', 'hpsv3', 'imagereward'), written on first use.
 
     The global RNG is left untouched (builders seed themselves), so a run's random
     streams do not depend on whether the components were already built. In a
@@ -85,6 +87,8 @@ def _build(kind: str):
             return path
         if kind == "imagereward":
             return make_tiny_imagereward(_ROOT / "imagereward")[:2]
+        if kind == "hpsv3":
+            return make_tiny_hpsv3(_ROOT / "hpsv3")
     raise ValueError(f"unknown tiny component {kind!r}")  # pragma: no cover - programming error
 
 
@@ -138,6 +142,18 @@ class TinyRandomHPSv2(HPSv2):
     def __init__(self, **options):
         _no_location(self.name, options)
         super().__init__(path=_built("hpsv2"), processor_path=_built("clip"), arch=TINY_CLIP_ARCH, **options)
+
+
+@register_reward("tiny-random-hpsv3")
+class TinyRandomHPSv3(HPSv3):
+    """A tiny random Qwen2-VL through HPSv3's checkpoint layout; 56 x 56 px per image (4 merged patches)."""
+
+    name = "tiny-random-hpsv3"
+
+    def __init__(self, **options):
+        _no_location(self.name, options)
+        checkpoint, processor = _built("hpsv3")
+        super().__init__(path=checkpoint, processor_path=processor, **{"dtype": "fp32", "pixels": 56 * 56, **options})
 
 
 @register_reward("tiny-random-imagereward")
