@@ -95,6 +95,7 @@ def run_suite(suite: str | Path, out: str | Path | None = None, dry_run: bool = 
 def _run_one(plan: RunPlan, run_dir: Path, head: str, dist: Dist) -> str:
     """'done' (kept), 'ran', or 'failed: …'; a Ctrl-C stops the whole suite after the run has checkpointed."""
     from genrl import checkpoint
+    from genrl.stopping import Interrupted
     from genrl.trainer import Trainer, TrainingStopped
 
     if (run_dir / "summary.json").exists():
@@ -123,7 +124,7 @@ def _run_one(plan: RunPlan, run_dir: Path, head: str, dist: Dist) -> str:
         return f"failed: {err}"
     if "interrupted_at" in summary:
         _say(f"{head}: interrupted at update {summary['interrupted_at']}; run the same command again to resume")
-        raise KeyboardInterrupt
+        raise Interrupted(summary["signal"]) if summary.get("signal") else KeyboardInterrupt
     return "ran"
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
+
+from genrl import stopping
 
 # Errors that name their cause get one line, not a traceback (GENRL_DEBUG=1 shows it).
 USAGE_ERRORS = (ValueError, KeyError, OSError, RuntimeError)
@@ -29,22 +33,52 @@ def cmd_train(args: argparse.Namespace) -> int:
         for key, default, help_text in config.describe(config.AlgorithmOptions):
             print(f"  {key:30s} {default:24s} {help_text}")
         return 0
-    if _launched_here(args):
-        return _relaunch_with_accelerate(args, [*args.items] + (["--resume", args.resume] if args.resume else []))
     path, overrides = _split_config_and_overrides(args.items)
+    if _launched_here(args):
+        _check_before_launch(args, _train_config(args, path, overrides))  # one clear error, not one per worker
+        rest = [*args.items] + (["--resume", args.resume] if args.resume else []) + (["--overwrite"] if args.overwrite else [])
+        return _relaunch_with_accelerate(args, rest)
+    cfg = _train_config(args, path, overrides)
+    trainer = Trainer(cfg, run_dir=args.resume, overwrite=args.overwrite)
     if args.resume:
-        from genrl.resume import resume_config
-
-        cfg = resume_config(args.resume, overrides)
-        trainer = Trainer(cfg, run_dir=args.resume)
         trainer.load_checkpoint()
-    else:
-        cfg = config.load(path, overrides)
-        trainer = Trainer(cfg)
     summary = trainer.run()
     if trainer.dist.is_main:
         _print_summary(summary)
-    return 130 if "interrupted_at" in summary else 0
+    return stopping.exit_code(summary.get("signal")) if "interrupted_at" in summary else 0
+
+
+def _train_config(args: argparse.Namespace, path: str | None, overrides: list[str]):
+    """The run's config: the saved one for --resume (which must then have a checkpoint)."""
+    from genrl import checkpoint, config
+    from genrl.resume import resume_config
+
+    if not args.resume:
+        return config.load(path, overrides)
+    if args.overwrite:
+        raise ValueError("--overwrite starts a run afresh and --resume continues one: give one of them")
+    cfg = resume_config(args.resume, overrides)
+    if not checkpoint.candidates(args.resume):
+        raise checkpoint.CheckpointError(
+            f"no checkpoint in {Path(args.resume) / 'checkpoints'}: the run stopped before its first checkpoint; "
+            f"start it again with `genrl train {Path(args.resume) / 'config.yaml'} run_dir={args.resume}`"
+        )
+    return cfg
+
+
+def _check_before_launch(args: argparse.Namespace, cfg) -> None:
+    """What every worker would refuse, refused once by the launching process."""
+    from genrl import rundir
+    from genrl.config import ConfigError
+    from genrl.distributed import require_device
+
+    n = args.num_processes
+    if cfg.train.prompts_per_update % n:
+        raise ConfigError(f"train.prompts_per_update={cfg.train.prompts_per_update} cannot be split whole over "
+                          f"--num-processes {n} (each process samples whole prompt groups): make it a multiple of {n}")
+    require_device(cfg.device)
+    if not args.resume and cfg.run_dir:
+        rundir.plan_start(cfg.run_dir, resumed=False, overwrite=args.overwrite)
 
 
 def _launched_here(args: argparse.Namespace) -> bool:
@@ -60,8 +94,6 @@ def _relaunch_with_accelerate(args: argparse.Namespace, rest: list[str]) -> int:
     One process per GPU where there are GPUs (the run's `device` decides where each process
     computes, e.g. `device=cpu` keeps gloo on CPU), else CPU processes (gloo).
     """
-    import subprocess
-
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.num_processes)]
     if args.sharding:  # an FSDP launcher config (genrl.sharding); accelerate takes the GPUs if any, else gloo on CPU
         command += ["--config_file", str(Path(__file__).parent / "configs" / "accelerate" / f"{args.sharding}.yaml")]
@@ -70,13 +102,78 @@ def _relaunch_with_accelerate(args: argparse.Namespace, rest: list[str]) -> int:
         # accelerate starts a single process, so N CPU processes would silently be one.
         command += ["--multi_gpu"]
     command += ["-m", "genrl", args.command, *rest]
-    return subprocess.call(command)
+    return run_launcher(command)
+
+
+# Seconds torchrun lets its workers take to finish an update and checkpoint after a signal, before SIGKILL.
+WORKER_STOP_TIMEOUT_S = 600
+
+
+def run_launcher(command: list[str]) -> int:
+    """Run the launcher and wait for it; SIGINT / SIGTERM are forwarded to it, and it passes them on to
+    every worker once (they finish their update and checkpoint together). A second signal kills the
+    launcher and its workers at once: no process outlives this one.
+
+    The launcher gets its own process group, so a terminal's Ctrl-C reaches it only through here.
+    """
+    import subprocess
+
+    import psutil  # an accelerate dependency; imported here, not first inside a signal handler  # noqa: F401
+
+    env = dict(os.environ)
+    env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(WORKER_STOP_TIMEOUT_S))
+    child = subprocess.Popen(command, start_new_session=True, env=env)
+    received: list[int] = []
+    family: list = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        if len(received) == 1:
+            family.extend(_descendants(child.pid))  # workers live in sessions of their own
+            _signal_group(child.pid, signum)
+        else:
+            _kill(child.pid, family + _descendants(child.pid))
+
+    try:
+        with stopping.handled(forward):
+            returncode = child.wait()
+    finally:
+        if child.poll() is None:  # this process is stopping for another reason (an exception)
+            _kill(child.pid, family + _descendants(child.pid))
+            child.wait()
+    return stopping.exit_code(received[0]) if received and returncode != 0 else returncode
+
+
+def _descendants(pid: int) -> list:
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _kill(pid: int, processes: list) -> None:
+    import psutil
+
+    _signal_group(pid, signal.SIGKILL)
+    for process in processes:
+        with contextlib.suppress(psutil.Error):  # already gone
+            process.kill()
 
 
 def _print_summary(summary: dict) -> None:
     print(f"run directory: {summary['run_dir']}")
     if "interrupted_at" in summary:
-        print(f"interrupted after update {summary['interrupted_at']}; checkpoint saved, resume with "
+        by = f" ({signal.Signals(summary['signal']).name})" if summary.get("signal") else ""
+        print(f"interrupted after update {summary['interrupted_at']}{by}; checkpoint saved, resume with "
               f"`genrl train --resume {summary['run_dir']}`")
         return
     base, final = summary.get("base_eval"), summary.get("final_eval")
@@ -94,6 +191,7 @@ def _load_policy_model(run: str | None):
     """The base model of the default config, or a run's model with its latest (or given) checkpoint."""
     from genrl import checkpoint, config
     from genrl.build import build_model
+    from genrl.resume import fixed_config
 
     if run is None:
         cfg = config.load()
@@ -106,7 +204,11 @@ def _load_policy_model(run: str | None):
         raise FileNotFoundError(f"{run!r} is neither a run directory (with config.yaml) nor a checkpoint directory")
     cfg = config.from_dict(config.load_yaml(run_path / "config.yaml"))
     adapter = build_model(cfg)
-    trainable, state = checkpoint.load(ckpt or checkpoint.latest(run_path))
+    fingerprint = fixed_config(cfg)  # a checkpoint copied from another experiment is refused
+    if ckpt is not None:
+        trainable, state = checkpoint.load(ckpt, fingerprint)
+    else:
+        _, trainable, state = checkpoint.load_latest(run_path, fingerprint)
     adapter.load_trainable_state_dict(state.get("ema", trainable))  # the average the run evaluated (train.ema)
     return cfg, adapter
 
@@ -182,6 +284,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("items", nargs="*", help="optional config file (or bundled name), then dotted.key=value overrides")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its latest checkpoint")
     p.add_argument("--help-config", action="store_true", help="list every config key with its default and help")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a run_dir that holds a previous run, deleting that run's outputs")
     add_launch_options(p)
     p.set_defaults(fn=cmd_train)
 
@@ -236,10 +340,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return args.fn(args)
-    except KeyboardInterrupt:
-        print("genrl: interrupted", file=sys.stderr)
-        return 130
+        with stopping.handled(stopping.raise_interrupted, (signal.SIGTERM,)):  # SIGTERM stops like Ctrl-C
+            return args.fn(args)
+    except KeyboardInterrupt as err:
+        code = err.exit_code if isinstance(err, stopping.Interrupted) else 130
+        print(f"genrl: interrupted ({signal.Signals(code - 128).name}); the last checkpoint, if any, is kept", file=sys.stderr)
+        return code
     except USAGE_ERRORS as err:
         if os.environ.get("GENRL_DEBUG"):
             raise
