@@ -114,7 +114,8 @@ def run_launcher(command: list[str]) -> int:
     every worker once (they finish their update and checkpoint together). A second signal kills the
     launcher and its workers at once: no process outlives this one.
 
-    The launcher gets its own process group, so a terminal's Ctrl-C reaches it only through here.
+    The launcher gets its own process group, so a terminal's Ctrl-C reaches it only through here,
+    and (on Linux) SIGTERM should this process die without forwarding anything (SIGKILL).
     """
     import subprocess
 
@@ -122,7 +123,7 @@ def run_launcher(command: list[str]) -> int:
 
     env = dict(os.environ)
     env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(WORKER_STOP_TIMEOUT_S))
-    child = subprocess.Popen(command, start_new_session=True, env=env)
+    child = subprocess.Popen(command, start_new_session=True, env=env, preexec_fn=_terminate_with_parent())
     received: list[int] = []
     family: list = []
 
@@ -142,6 +143,18 @@ def run_launcher(command: list[str]) -> int:
             _kill(child.pid, family + _descendants(child.pid))
             child.wait()
     return stopping.exit_code(received[0]) if received and returncode != 0 else returncode
+
+
+def _terminate_with_parent():
+    """A preexec_fn asking Linux to send the child SIGTERM when this process dies (prctl PR_SET_PDEATHSIG);
+    None elsewhere. prctl is looked up here: the function runs between fork and exec."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1
+    return lambda: prctl(pr_set_pdeathsig, int(signal.SIGTERM))
 
 
 def _descendants(pid: int) -> list:
