@@ -102,11 +102,7 @@ def _run_one(plan: RunPlan, run_dir: Path, head: str, dist: Dist) -> str:
         _check_same_config(plan, run_dir)
         _say(f"{head}: already finished, kept ({run_dir})")
         return "done"
-    try:
-        checkpoint.latest(run_dir)
-        resume = True
-    except checkpoint.CheckpointError:
-        resume = False
+    resume = bool(checkpoint.candidates(run_dir))  # even if `latest` is unreadable: the trainer falls back
     if resume:
         _check_same_config(plan, run_dir)
     elif run_dir.exists() and dist.is_main:

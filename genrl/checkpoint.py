@@ -20,8 +20,8 @@ import re
 import shutil
 import sys
 import tempfile
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -73,7 +73,8 @@ class _HashingFile:
         return self.sha256.hexdigest()
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """The whole file or, after a kill or a full disk, the previous version: never a torn one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as f:
@@ -183,7 +184,7 @@ def save(run_dir: str | Path, update: int, trainable: dict[str, torch.Tensor], s
         manifest = {"format": FORMAT, "update": update, "sha256": digests}
         if fingerprint is not None:
             manifest |= {"config": fingerprint, "config_sha256": config_sha256(fingerprint)}
-        _write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+        write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
         _fsync_dir(tmp)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoint stays the latest
@@ -195,7 +196,7 @@ def save(run_dir: str | Path, update: int, trainable: dict[str, torch.Tensor], s
         raise
     _put_in_place(tmp, final)
     _fsync_dir(root)
-    _write_text_atomic(root / "latest", name + "\n")
+    write_text_atomic(root / "latest", name + "\n")
     _remove_old(root, update, keep)
     return final
 

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,18 +54,23 @@ def plan_start(run_dir: str | Path, resumed: bool, overwrite: bool = False) -> S
         return Start("overwrite", f"--overwrite: deleting the previous run's outputs in {run_dir}")
     how = (f"resume it with `genrl train --resume {run_dir}`, choose another run_dir, "
            f"or pass --overwrite to delete it and start again")
-    if checkpoint.candidates(run_dir):
-        newest = checkpoint.candidates(run_dir)[0].name
-        raise RunDirError(f"run directory {str(run_dir)!r} already holds a run (checkpoint {newest}); {how}")
+    saved = checkpoint.candidates(run_dir)
+    if saved:
+        raise RunDirError(f"run directory {str(run_dir)!r} already holds a run (checkpoint {saved[0].name}); {how}")
     if (run_dir / "summary.json").exists():
         raise RunDirError(f"run directory {str(run_dir)!r} holds a finished run (summary.json); "
                           "choose another run_dir, or pass --overwrite to delete it and start again")
-    foreign = [name for name in entries if name not in OUTPUTS]
+    foreign = [name for name in entries if not _is_output(name)]
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise RunDirError(f"run directory {str(run_dir)!r} is not empty and is not a genrl run (it holds {shown}); "
                           "choose another run_dir, or pass --overwrite to write this run beside those files")
     return Start("restart", f"{run_dir} holds a run that stopped before its first checkpoint: starting it again")
+
+
+def _is_output(name: str) -> bool:
+    """One of a run's outputs, or a temporary file of one left by a kill (.summary.json.x1y2, .write_test)."""
+    return name in OUTPUTS or name == ".write_test" or any(name.startswith(f".{output}.") for output in OUTPUTS)
 
 
 def prepare(run_dir: str | Path, start: Start, config_text: str) -> None:
@@ -76,11 +79,10 @@ def prepare(run_dir: str | Path, start: Start, config_text: str) -> None:
     if start.note:
         print(f"genrl: {start.note}", file=sys.stderr)
     if start.clears:
-        for name in OUTPUTS:
-            path = run_dir / name
+        for path in [p for p in run_dir.iterdir() if _is_output(p.name)]:
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
-            elif path.exists() or path.is_symlink():
+            else:
                 path.unlink()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -99,13 +101,9 @@ def prepare(run_dir: str | Path, start: Start, config_text: str) -> None:
 def write_atomic(path: str | Path, text: str) -> None:
     """Write a whole file or nothing (a kill mid-write leaves the previous version); names the path on a full disk."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
+        checkpoint.write_text_atomic(path, text)
+    except OSError as err:
         _raise_disk_full(err, path)
         raise
 

@@ -33,19 +33,27 @@ def raise_interrupted(signum: int, frame) -> None:
     raise Interrupted(signum)
 
 
+def install(handler: Callable, signals: tuple = SIGNALS) -> dict:
+    """Set `handler` for `signals`; returns the previous handlers, for `restore`. Python runs signal
+    handlers in the main thread only: elsewhere nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, handler) for s in signals}
+
+
+def restore(previous: dict) -> None:
+    for s, h in previous.items():
+        signal.signal(s, h)
+
+
 @contextlib.contextmanager
 def handled(handler: Callable, signals: tuple = SIGNALS) -> Iterator[None]:
-    """`handler` for `signals` inside the block, the previous handlers after it (main thread only:
-    Python delivers signals there; elsewhere this does nothing)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, handler) for s in signals}
+    """`handler` for `signals` inside the block, the previous handlers after it."""
+    previous = install(handler, signals)
     try:
         yield
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        restore(previous)
 
 
 def exit_code(signum: int | None) -> int:

@@ -268,26 +268,27 @@ class Trainer:
             summary["base_eval"] = base  # evaluated before the interruption
         bar = _progress_bar(self.cfg.train.updates, self.progress.update, log.progress and self.dist.is_main)
         stop = False
+        previous = stopping.install(self._request_stop)  # SIGINT / SIGTERM: finish this update, checkpoint, stop
         try:
-            with stopping.handled(self._request_stop):  # SIGINT / SIGTERM: finish this update, checkpoint, stop
-                while not self._budget_spent() and not stop:
-                    metrics = self.iteration()
-                    u = self.progress.update
-                    if log.eval_every and u % log.eval_every == 0 and not self._budget_spent():
-                        metrics["eval_score"] = self.evaluate(f"update_{u:06d}")["score"]
-                    self._append_metrics(metrics)
-                    for warning in self.monitor.check(metrics):
-                        bar.write(f"genrl: warning: {warning}")
-                    bar.update(1)
-                    bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['approx_kl']:.1e}",
-                                    clip=f"{metrics['clip_frac']:.2f}", nfe=metrics["nfe"])
-                    if log.sample_every and u % log.sample_every == 0 and self.dist.is_main:
-                        save_grid(*self._last_samples, self.run_dir / "samples" / f"update_{u:06d}.png", columns=self.cfg.train.group_size)
-                    self._check_bad_updates(metrics)
-                    stop = self._agree_to_stop()
-                    if u % log.checkpoint_every == 0 or self._budget_spent() or stop:
-                        self.save_checkpoint()
+            while not self._budget_spent() and not stop:
+                metrics = self.iteration()
+                u = self.progress.update
+                if log.eval_every and u % log.eval_every == 0 and not self._budget_spent():
+                    metrics["eval_score"] = self.evaluate(f"update_{u:06d}")["score"]
+                self._append_metrics(metrics)
+                for warning in self.monitor.check(metrics):
+                    bar.write(f"genrl: warning: {warning}")
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['approx_kl']:.1e}",
+                                clip=f"{metrics['clip_frac']:.2f}", nfe=metrics["nfe"])
+                if log.sample_every and u % log.sample_every == 0 and self.dist.is_main:
+                    save_grid(*self._last_samples, self.run_dir / "samples" / f"update_{u:06d}.png", columns=self.cfg.train.group_size)
+                self._check_bad_updates(metrics)
+                stop = self._agree_to_stop()
+                if u % log.checkpoint_every == 0 or self._budget_spent() or stop:
+                    self.save_checkpoint()
         finally:
+            stopping.restore(previous)
             bar.close()
         if stop:
             summary["interrupted_at"] = self.progress.update
