@@ -4,8 +4,8 @@ JSON-lines file whose objects carry a "prompt" field (Flow-GRPO's dataset/geneva
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 _SHAPEWORLD_SPLITS = ("train", "eval", "all")
 

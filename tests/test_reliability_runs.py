@@ -3,12 +3,11 @@
 import errno
 import json
 import os
-import signal
 import shutil
+import signal
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from genrl import checkpoint, cli, config, rundir, stopping
 from genrl.trainer import Trainer
@@ -16,10 +15,6 @@ from genrl.trainer import Trainer
 
 def read_updates(run):
     return [json.loads(line)["update"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def weights(path):
-    return load_file(path / "trainable.safetensors")
 
 
 # -- reusing a run directory ----------------------------------------------------------------

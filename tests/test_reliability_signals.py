@@ -116,7 +116,7 @@ def start_fake(tmp_path, name):
     (tmp_path / "launcher.py").write_text(FAKE_LAUNCHER)
     (tmp_path / "worker.py").write_text(FAKE_WORKER)
     marker, pid_file = tmp_path / name, tmp_path / f"{name}.pid"
-    code = ("import sys; from genrl.cli import run_launcher; "
+    code = ("import sys; from genrl.launch import run_launcher; "
             f"sys.exit(run_launcher([sys.executable, {str(tmp_path / 'launcher.py')!r}, "
             f"{str(tmp_path / 'worker.py')!r}, {str(marker)!r}, {str(pid_file)!r}]))")
     parent = subprocess.Popen([sys.executable, "-c", code])
