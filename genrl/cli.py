@@ -153,15 +153,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from genrl import evaluation
     from genrl.build import build_reward
     from genrl.grids import save_grid
-    from genrl.prompts import load_prompts
+    from genrl.prompts import check_prompts, numbered_prompts, prompt_checks
 
-    prompts = load_prompts(args.prompts) if args.prompts else None
+    numbered = numbered_prompts(args.prompts) if args.prompts else None
     cfg, adapter = _load_policy_model(args.run)
-    prompts = prompts or load_prompts(cfg.prompts.eval)
+    numbered = numbered or numbered_prompts(cfg.prompts.eval)
+    reward = build_reward(cfg)
+    check_prompts(numbered, "--prompts" if args.prompts else "prompts.eval", prompt_checks(reward, adapter))
+    prompts = [prompt for _, prompt in numbered]
     steps = args.steps or cfg.sampling.eval_steps
     result, images, repeated = evaluation.evaluate(
-        adapter, prompts, args.seeds, steps, cfg.eval_shift_for(adapter), cfg.sampling.micro_batch,
-        reward=build_reward(cfg),
+        adapter, prompts, args.seeds, steps, cfg.eval_shift_for(adapter), cfg.sampling.micro_batch, reward=reward,
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -179,12 +181,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from genrl import evaluation
     from genrl.grids import save_grid
-    from genrl.prompts import load_prompts
+    from genrl.prompts import check_prompts, numbered_prompts, prompt_checks
 
-    prompts = list(args.prompt or []) + (load_prompts(args.prompts) if args.prompts else [])
-    if not prompts:
+    numbered = [("--prompt", p) for p in args.prompt or []] + (numbered_prompts(args.prompts) if args.prompts else [])
+    if not numbered:
         raise ValueError("give at least one --prompt TEXT or --prompts FILE")
     cfg, adapter = _load_policy_model(args.run)
+    check_prompts(numbered, "genrl sample", prompt_checks(adapter=adapter))
+    prompts = [prompt for _, prompt in numbered]
     repeated, seeds = evaluation.evaluation_seeds(prompts, args.seeds)
     seeds = [s + args.seed for s in seeds]
     images = evaluation.sample_ode(adapter, repeated, seeds, args.steps or cfg.sampling.eval_steps,

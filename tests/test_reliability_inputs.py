@@ -80,6 +80,11 @@ def test_a_huge_prompt_is_not_quoted_whole(tmp_path, capsys):
     err = fails_cleanly(capsys, ["train", *SHAPEWORLD, f"prompts.train={huge}", f"run_dir={tmp_path / 'run'}"],
                         f"({len(prompt.strip()):,} characters)")
     assert len(err) < 600
+    out = tmp_path / "eval.json"
+    err = fails_cleanly(capsys, ["eval", "--prompts", str(huge), "--out", str(out)], "--prompts", "characters)")
+    assert len(err) < 600 and not out.exists()
+    fails_cleanly(capsys, ["sample", "--prompt", "a pink circle", "--out", str(tmp_path / "s.png")],
+                  "genrl sample: --prompt: word 'pink'")
 
 
 def test_prompts_of_any_grammar_are_fine_for_a_reward_that_does_not_parse_them(toy_overrides, tmp_path):
