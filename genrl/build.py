@@ -18,7 +18,7 @@ from genrl.envs import DenoisingEnv, PromptSampler
 from genrl.loss import GRPOLoss
 from genrl.models.base import ModelAdapter
 from genrl.policy import make_policy
-from genrl.prompts import load_prompts
+from genrl.prompts import check_prompts, numbered_prompts, prompt_checks
 
 
 @dataclass
@@ -90,10 +90,15 @@ def build_reward(cfg: Config):
 def build(cfg: Config, adapter: ModelAdapter | None = None, reward=None, shard: tuple[int, int] = (0, 1)) -> Components:
     """Everything a run needs, built and checked before anything is written to disk."""
     algorithm = build_algorithm(cfg)
-    train_prompts = load_prompts(cfg.prompts.train)
-    eval_prompts = load_prompts(cfg.prompts.eval)
+    train_numbered = numbered_prompts(cfg.prompts.train)
+    eval_numbered = numbered_prompts(cfg.prompts.eval)
     adapter = adapter if adapter is not None else build_model(cfg)
     reward = reward if reward is not None else build_reward(cfg)
+    # a prompt the model cannot encode or the reward cannot score fails here, not mid-run
+    check_prompts(train_numbered, "prompts.train", prompt_checks(reward, adapter))
+    check_prompts(eval_numbered, "prompts.eval", prompt_checks(reward, adapter))
+    train_prompts = [prompt for _, prompt in train_numbered]
+    eval_prompts = [prompt for _, prompt in eval_numbered]
     o = cfg.algo
     sigmas = dynamics.sigma_schedule(o.schedule, cfg.sampling.num_steps, cfg.shift_for(adapter))
     env = DenoisingEnv(

@@ -6,7 +6,6 @@ import contextlib
 import functools
 import json
 import math
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 import yaml
 from tensordict import TensorDictBase
 
-from genrl import checkpoint, evaluation, keys, sharding
+from genrl import checkpoint, evaluation, keys, rundir, sharding, stopping
 from genrl.advantages import combine_rewards, compute_advantages, zero_std_fraction
 from genrl.build import Components, build
 from genrl.config import Config, TrainConfig
@@ -23,6 +22,7 @@ from genrl.distributed import Dist
 from genrl.ema import ParameterEMA
 from genrl.grids import save_grid
 from genrl.policy import velocity_module
+from genrl.resume import fixed_config
 from genrl.rewards import checked_call
 
 EVAL_GRID_SEEDS = 2  # images per prompt shown in an evaluation's PNG grid
@@ -74,8 +74,11 @@ class Progress:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: str | Path | None = None, components: Components | None = None):
+    def __init__(self, cfg: Config, run_dir: str | Path | None = None, components: Components | None = None,
+                 overwrite: bool = False):
+        """`overwrite`: a fresh run may replace a previous run in `run_dir` (see genrl.rundir)."""
         self.cfg = cfg
+        self.overwrite = overwrite
         self.dist = Dist(cfg.device)
         if str(cfg.device).startswith("cuda"):
             cfg.device = str(self.dist.device)
@@ -98,6 +101,9 @@ class Trainer:
         self.progress = Progress()
         self.monitor = StabilityMonitor(cfg)
         self._stop_requested = False
+        self._stop_signal: int | None = None
+        self._resumed = False
+        self._checkpointed_update: int | None = None  # saved or loaded: a second save of it would be a no-op
         torch.manual_seed(cfg.seed)  # the rollout's step noise
 
     # -- one iteration ------------------------------------------------------------------
@@ -247,19 +253,25 @@ class Trainer:
     def run(self) -> dict:
         """Train for cfg.train.updates; returns the summary (also written to RUN_DIR/summary.json)."""
         log = self.cfg.log
+        start = rundir.plan_start(self.run_dir, self._resumed, self.overwrite)  # may refuse: nothing written yet
+        base_path = self.run_dir / "eval" / "base.json"
         # decided before any process can write base.json, so every process agrees
-        base_eval = log.eval_at_start and self.progress.update == 0 and not (self.run_dir / "eval" / "base.json").exists()
+        base_eval = log.eval_at_start and self.progress.update == 0 and (start.clears or not base_path.exists())
+        self.dist.barrier()  # every process has looked at the directory before it changes
         if self.dist.is_main:
-            self._prepare_run_dir()
+            self._prepare_run_dir(start)
         self.dist.barrier()
         summary: dict = {"run_dir": str(self.run_dir), "algorithm": self.cfg.algorithm, "seed": self.cfg.seed,
                          "processes": self.dist.world, "sharding": self.sharding.name if self.sharding else "none"}
         if base_eval:
             summary["base_eval"] = self.evaluate("base")
+        elif start.kind == "resume" and (base := rundir.read_json(base_path)) is not None:
+            summary["base_eval"] = base  # evaluated before the interruption
         bar = _progress_bar(self.cfg.train.updates, self.progress.update, log.progress and self.dist.is_main)
-        previous = signal.signal(signal.SIGINT, self._request_stop)
+        stop = False
+        previous = stopping.install(self._request_stop)  # SIGINT / SIGTERM: finish this update, checkpoint, stop
         try:
-            while not self._budget_spent() and not self._stop_requested:
+            while not self._budget_spent() and not stop:
                 metrics = self.iteration()
                 u = self.progress.update
                 if log.eval_every and u % log.eval_every == 0 and not self._budget_spent():
@@ -273,19 +285,20 @@ class Trainer:
                 if log.sample_every and u % log.sample_every == 0 and self.dist.is_main:
                     save_grid(*self._last_samples, self.run_dir / "samples" / f"update_{u:06d}.png", columns=self.cfg.train.group_size)
                 self._check_bad_updates(metrics)
-                if u % log.checkpoint_every == 0 or self._budget_spent() or self._stop_requested:
+                stop = self._agree_to_stop()
+                if u % log.checkpoint_every == 0 or self._budget_spent() or stop:
                     self.save_checkpoint()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            stopping.restore(previous)
             bar.close()
-        if self._stop_requested:
-            self.save_checkpoint()
+        if stop:
             summary["interrupted_at"] = self.progress.update
+            summary["signal"] = self._stop_signal
             return summary
         summary["final_eval"] = self.evaluate("final")
         summary.update(updates=self.progress.update, nfe=self.progress.nfe, wall_s=round(self.progress.wall_s, 1))
         if self.dist.is_main:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            rundir.write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         self.dist.barrier()  # every process sees the run finished (the bench harness looks)
         return summary
 
@@ -308,7 +321,7 @@ class Trainer:
             return result
         out = self.run_dir / "eval"
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"{tag}.json").write_text(json.dumps(result, indent=2))
+        rundir.write_atomic(out / f"{tag}.json", json.dumps(result, indent=2))
         # The grid is for a look, the JSON holds every score: two images per prompt keep it fast and legible.
         keep = [i for i in range(len(prompts)) if i % c.log.eval_seeds < EVAL_GRID_SEEDS]
         save_grid(images[keep], [prompts[i] for i in keep], out / f"{tag}.png",
@@ -335,28 +348,30 @@ class Trainer:
             )
 
     def _request_stop(self, signum, frame) -> None:
-        self._stop_requested = True  # finish the update in flight, checkpoint, exit cleanly
+        if self._stop_requested:  # a second signal: abandon the update in flight, the last checkpoint stays
+            raise stopping.Interrupted(signum)
+        self._stop_requested, self._stop_signal = True, signum  # finish the update in flight, checkpoint, exit
 
-    def _prepare_run_dir(self) -> None:
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.run_dir / ".write_test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as err:
-            raise OSError(f"run directory {str(self.run_dir)!r} is not writable: {err.strerror}") from None
-        config_path = self.run_dir / "config.yaml"
-        if not config_path.exists():
-            config_path.write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+    def _agree_to_stop(self) -> bool:
+        """Whether any process was asked to stop (each gets its own signal, at its own moment of the
+        update): all then stop after the same update. The signal's number is kept for the exit code."""
+        asked = self._stop_signal or (stopping.SIGNALS[0] if self._stop_requested else 0)
+        agreed = self.dist.max(int(asked))
+        if agreed:
+            self._stop_requested, self._stop_signal = True, agreed
+        return bool(agreed)
+
+    def _prepare_run_dir(self, start: rundir.Start) -> None:
+        rundir.prepare(self.run_dir, start, yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
 
     def _append_metrics(self, metrics: dict) -> None:
-        if not self.dist.is_main:
-            return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        if self.dist.is_main:
+            rundir.append_metrics(self.run_dir / "metrics.jsonl", metrics)
 
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
+        if self._checkpointed_update == self.progress.update:  # already on disk (e.g. stopped right after saving)
+            return self.run_dir / "checkpoints" / f"update_{self.progress.update:06d}"
         trainable = self.parts.adapter.trainable_state_dict()
         average = self.ema.average if self.ema is not None else None
         if self.sharding is not None:  # gathered whole on every process (collectives)
@@ -379,13 +394,19 @@ class Trainer:
             state["ema"] = {k: v.detach().cpu() for k, v in average.items()}
         path = self.run_dir / "checkpoints"
         if self.dist.is_main:
-            path = checkpoint.save(self.run_dir, self.progress.update, trainable, state)
+            path = checkpoint.save(self.run_dir, self.progress.update, trainable, state, fingerprint=fixed_config(self.cfg))
         self.dist.barrier()
+        self._checkpointed_update = self.progress.update
         return path
 
     def load_checkpoint(self, path: str | Path | None = None) -> None:
-        path = path or checkpoint.latest(self.run_dir)
-        trainable, state = checkpoint.load(path)
+        """Resume from `path`, or from the newest usable checkpoint of the run directory."""
+        fingerprint = fixed_config(self.cfg)  # a checkpoint of another experiment is refused, naming the key
+        if path is None:
+            quiet = None if self.dist.is_main else (lambda message: None)
+            path, trainable, state = checkpoint.load_latest(self.run_dir, fingerprint, warn=quiet)
+        else:
+            trainable, state = checkpoint.load(path, fingerprint)
         written_sharded = state.get("sharded", False)
         if written_sharded != (self.sharding is not None):  # the optimizer state's layout differs
             kind, how = ("sharded", "with --sharding zero2 or fsdp") if written_sharded else ("replicated", "without --sharding")
@@ -404,8 +425,9 @@ class Trainer:
         self.parts.env.rng.set_state(state["env_rng"])
         self.parts.env.sampler.load_state_dict(state["prompt_sampler"])
         self.progress = Progress(**state["progress"])
+        self._resumed, self._checkpointed_update = True, self.progress.update
         if self.dist.is_main:
-            _truncate_metrics(self.run_dir / "metrics.jsonl", self.progress.update)
+            rundir.truncate_metrics(self.run_dir / "metrics.jsonl", self.progress.update)
         self.dist.barrier()
 
 
@@ -416,15 +438,6 @@ def learning_rate(train: TrainConfig, update: int) -> float:
     if train.lr_schedule == "cosine":
         factor *= 0.5 * (1.0 + math.cos(math.pi * min(update, train.updates) / max(train.updates, 1)))
     return train.lr * factor
-
-
-def _truncate_metrics(path: Path, update: int) -> None:
-    """Drop metric lines written after the checkpoint, so a resumed run's log equals an uninterrupted one."""
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["update"] <= update]
-    path.write_text("".join(line + "\n" for line in kept))
 
 
 def _unit_batches(unit: torch.Tensor, unit_ids: torch.Tensor, max_steps: int) -> list[torch.Tensor]:

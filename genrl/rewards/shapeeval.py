@@ -12,7 +12,7 @@ from typing import Sequence
 from torch import Tensor
 
 from genrl.rewards import register
-from genrl.shapeworld import score
+from genrl.shapeworld import parse, score
 
 MODES = ("partial", "strict")
 
@@ -25,6 +25,10 @@ class ShapeEvalReward:
         if mode not in MODES:
             raise ValueError(f"shapeeval reward: mode={mode!r} is not one of {', '.join(MODES)}")
         self.mode = mode
+
+    def check_prompt(self, prompt: str) -> None:
+        """Only ShapeWorld prompts can be scored: raise ValueError naming the word the grammar rejects."""
+        parse(prompt)
 
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         return score(images, prompts)[self.mode]  # [N], on the images' device

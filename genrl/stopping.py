@@ -1,0 +1,60 @@
+"""Stopping on a signal: SIGINT (Ctrl-C) and SIGTERM (what SLURM, Kubernetes and most job
+schedulers send before SIGKILL) are handled alike.
+
+During training the first signal lets the update in flight finish; the trainer checkpoints and
+the command exits with 128 + the signal's number (130, 143). A second signal abandons the update
+in flight at once; the last checkpoint, written atomically, is the one a resume starts from.
+Outside training a signal stops the command at once with the same exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Stopped by a signal; `exit_code` is the shell's convention, 128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
+def install(handler: Callable, signals: tuple = SIGNALS) -> dict:
+    """Set `handler` for `signals`; returns the previous handlers, for `restore`. Python runs signal
+    handlers in the main thread only: elsewhere nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, handler) for s in signals}
+
+
+def restore(previous: dict) -> None:
+    for s, h in previous.items():
+        signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def handled(handler: Callable, signals: tuple = SIGNALS) -> Iterator[None]:
+    """`handler` for `signals` inside the block, the previous handlers after it."""
+    previous = install(handler, signals)
+    try:
+        yield
+    finally:
+        restore(previous)
+
+
+def exit_code(signum: int | None) -> int:
+    return 128 + int(signum or signal.SIGINT)
