@@ -95,17 +95,14 @@ def run_suite(suite: str | Path, out: str | Path | None = None, dry_run: bool = 
 def _run_one(plan: RunPlan, run_dir: Path, head: str, dist: Dist) -> str:
     """'done' (kept), 'ran', or 'failed: …'; a Ctrl-C stops the whole suite after the run has checkpointed."""
     from genrl import checkpoint
+    from genrl.stopping import Interrupted
     from genrl.trainer import Trainer, TrainingStopped
 
     if (run_dir / "summary.json").exists():
         _check_same_config(plan, run_dir)
         _say(f"{head}: already finished, kept ({run_dir})")
         return "done"
-    try:
-        checkpoint.latest(run_dir)
-        resume = True
-    except checkpoint.CheckpointError:
-        resume = False
+    resume = bool(checkpoint.candidates(run_dir))  # even if `latest` is unreadable: the trainer falls back
     if resume:
         _check_same_config(plan, run_dir)
     elif run_dir.exists() and dist.is_main:
@@ -123,7 +120,7 @@ def _run_one(plan: RunPlan, run_dir: Path, head: str, dist: Dist) -> str:
         return f"failed: {err}"
     if "interrupted_at" in summary:
         _say(f"{head}: interrupted at update {summary['interrupted_at']}; run the same command again to resume")
-        raise KeyboardInterrupt
+        raise Interrupted(summary["signal"]) if summary.get("signal") else KeyboardInterrupt
     return "ran"
 
 

@@ -24,7 +24,7 @@ from genrl.envs import DenoisingEnv, PromptSampler
 from genrl.models.base import ModelAdapter
 from genrl.objective import Objective
 from genrl.policy import ModelCalls
-from genrl.prompts import load_prompts
+from genrl.prompts import check_prompts, numbered_prompts, prompt_checks
 from genrl.sharding import Sharding, shard_denoiser
 
 # Names registered by genrl.testing on import: real adapters and rewards on tiny random weights.
@@ -113,10 +113,15 @@ def build(cfg: Config, adapter: ModelAdapter | None = None, reward=None, shard: 
     keep of its parameters (an "old" policy, say) is sharded like them.
     """
     algorithm = build_algorithm(cfg)
-    train_prompts = load_prompts(cfg.prompts.train)
-    eval_prompts = load_prompts(cfg.prompts.eval)
+    train_numbered = numbered_prompts(cfg.prompts.train)
+    eval_numbered = numbered_prompts(cfg.prompts.eval)
     adapter = adapter if adapter is not None else build_model(cfg)
     reward = reward if reward is not None else build_reward(cfg)
+    # a prompt the model cannot encode or the reward cannot score fails here, not mid-run
+    check_prompts(train_numbered, "prompts.train", prompt_checks(reward, adapter))
+    check_prompts(eval_numbered, "prompts.eval", prompt_checks(reward, adapter))
+    train_prompts = [prompt for _, prompt in train_numbered]
+    eval_prompts = [prompt for _, prompt in eval_numbered]
     sigmas = algorithm.sigmas(cfg.shift_for(adapter))
     env = DenoisingEnv(
         adapter,

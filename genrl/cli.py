@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
+from genrl import stopping
 from genrl.errors import CheckpointError, ConfigError, PromptError, UserError
+from genrl.launch import run_launcher
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -26,22 +29,51 @@ def cmd_train(args: argparse.Namespace) -> int:
             for key, default, help_text in config.describe(options):
                 print(f"  {key:30s} {default:24s} {help_text}")
         return 0
-    if _launched_here(args):
-        return _relaunch_with_accelerate(args, [*args.items] + (["--resume", args.resume] if args.resume else []))
     path, overrides = config.split_config_and_overrides(args.items)
+    if _launched_here(args):
+        _check_before_launch(args, _train_config(args, path, overrides))  # one clear error, not one per worker
+        rest = [*args.items] + (["--resume", args.resume] if args.resume else []) + (["--overwrite"] if args.overwrite else [])
+        return _relaunch_with_accelerate(args, rest)
+    cfg = _train_config(args, path, overrides)
+    trainer = Trainer(cfg, run_dir=args.resume, overwrite=args.overwrite)
     if args.resume:
-        from genrl.resume import resume_config
-
-        cfg = resume_config(args.resume, overrides)
-        trainer = Trainer(cfg, run_dir=args.resume)
         trainer.load_checkpoint()
-    else:
-        cfg = config.load(path, overrides)
-        trainer = Trainer(cfg)
     summary = trainer.run()
     if trainer.dist.is_main:
         _print_summary(summary)
-    return 130 if "interrupted_at" in summary else 0
+    return stopping.exit_code(summary.get("signal")) if "interrupted_at" in summary else 0
+
+
+def _train_config(args: argparse.Namespace, path: str | None, overrides: list[str]):
+    """The run's config: the saved one for --resume (which must then have a checkpoint)."""
+    from genrl import checkpoint, config
+    from genrl.resume import resume_config
+
+    if not args.resume:
+        return config.load(path, overrides)
+    if args.overwrite:
+        raise ConfigError("--overwrite starts a run afresh and --resume continues one: give one of them")
+    cfg = resume_config(args.resume, overrides)
+    if not checkpoint.candidates(args.resume):
+        raise checkpoint.CheckpointError(
+            f"no checkpoint in {Path(args.resume) / 'checkpoints'}: the run stopped before its first checkpoint; "
+            f"start it again with `genrl train {Path(args.resume) / 'config.yaml'} run_dir={args.resume}`"
+        )
+    return cfg
+
+
+def _check_before_launch(args: argparse.Namespace, cfg) -> None:
+    """What every worker would refuse, refused once by the launching process."""
+    from genrl import rundir
+    from genrl.distributed import require_device
+
+    n = args.num_processes
+    if cfg.train.prompts_per_update % n:
+        raise ConfigError(f"train.prompts_per_update={cfg.train.prompts_per_update} cannot be split whole over "
+                          f"--num-processes {n} (each process samples whole prompt groups): make it a multiple of {n}")
+    require_device(cfg.device)
+    if not args.resume and cfg.run_dir:
+        rundir.plan_start(cfg.run_dir, resumed=False, overwrite=args.overwrite)
 
 
 def _launched_here(args: argparse.Namespace) -> bool:
@@ -57,8 +89,6 @@ def _relaunch_with_accelerate(args: argparse.Namespace, rest: list[str]) -> int:
     One process per GPU where there are GPUs (the run's `device` decides where each process
     computes, e.g. `device=cpu` keeps gloo on CPU), else CPU processes (gloo).
     """
-    import subprocess
-
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.num_processes)]
     if args.sharding:  # an FSDP launcher config (genrl.sharding); accelerate takes the GPUs if any, else gloo on CPU
         command += ["--config_file", str(Path(__file__).parent / "configs" / "accelerate" / f"{args.sharding}.yaml")]
@@ -67,13 +97,14 @@ def _relaunch_with_accelerate(args: argparse.Namespace, rest: list[str]) -> int:
         # accelerate starts a single process, so N CPU processes would silently be one.
         command += ["--multi_gpu"]
     command += ["-m", "genrl", args.command, *rest]
-    return subprocess.call(command)
+    return run_launcher(command)
 
 
 def _print_summary(summary: dict) -> None:
     print(f"run directory: {summary['run_dir']}")
     if "interrupted_at" in summary:
-        print(f"interrupted after update {summary['interrupted_at']}; checkpoint saved, resume with "
+        by = f" ({signal.Signals(summary['signal']).name})" if summary.get("signal") else ""
+        print(f"interrupted after update {summary['interrupted_at']}{by}; checkpoint saved, resume with "
               f"`genrl train --resume {summary['run_dir']}`")
         return
     base, final = summary.get("base_eval"), summary.get("final_eval")
@@ -91,6 +122,7 @@ def _load_policy_model(run: str | None):
     """The base model of the default config, or a run's model with its latest (or given) checkpoint."""
     from genrl import checkpoint, config
     from genrl.build import build_model
+    from genrl.resume import fixed_config
 
     if run is None:
         cfg = config.load()
@@ -103,7 +135,11 @@ def _load_policy_model(run: str | None):
         raise CheckpointError(f"{run!r} is neither a run directory (with config.yaml) nor a checkpoint directory")
     cfg = config.from_dict(config.load_yaml(run_path / "config.yaml"))
     adapter = build_model(cfg)
-    trainable, state = checkpoint.load(ckpt or checkpoint.latest(run_path))
+    fingerprint = fixed_config(cfg)  # a checkpoint copied from another experiment is refused
+    if ckpt is not None:
+        trainable, state = checkpoint.load(ckpt, fingerprint)
+    else:
+        _, trainable, state = checkpoint.load_latest(run_path, fingerprint)
     adapter.load_trainable_state_dict(state.get("ema", trainable))  # the average the run evaluated (train.ema)
     return cfg, adapter
 
@@ -112,16 +148,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from genrl import evaluation
     from genrl.build import build_reward
     from genrl.grids import save_grid
-    from genrl.prompts import load_prompts
+    from genrl.prompts import check_prompts, numbered_prompts, prompt_checks
 
-    prompts = load_prompts(args.prompts) if args.prompts else None
+    numbered = numbered_prompts(args.prompts) if args.prompts else None
     cfg, adapter = _load_policy_model(args.run)
-    prompts = prompts or load_prompts(cfg.prompts.eval)
+    numbered = numbered or numbered_prompts(cfg.prompts.eval)
+    reward = build_reward(cfg)
+    check_prompts(numbered, "--prompts" if args.prompts else "prompts.eval", prompt_checks(reward, adapter))
+    prompts = [prompt for _, prompt in numbered]
     steps = args.steps or cfg.sampling.eval_steps
     seeds = args.seeds or cfg.log.eval_seeds  # as training evaluates, so the scores compare
     result, images, repeated = evaluation.evaluate(
-        adapter, prompts, seeds, steps, cfg.eval_shift_for(adapter), cfg.sampling.micro_batch,
-        reward=build_reward(cfg),
+        adapter, prompts, seeds, steps, cfg.eval_shift_for(adapter), cfg.sampling.micro_batch, reward=reward,
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -139,12 +177,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from genrl import evaluation
     from genrl.grids import save_grid
-    from genrl.prompts import load_prompts
+    from genrl.prompts import check_prompts, numbered_prompts, prompt_checks
 
-    prompts = list(args.prompt or []) + (load_prompts(args.prompts) if args.prompts else [])
-    if not prompts:
+    numbered = [("--prompt", p) for p in args.prompt or []] + (numbered_prompts(args.prompts) if args.prompts else [])
+    if not numbered:
         raise PromptError("give at least one --prompt TEXT or --prompts FILE")
     cfg, adapter = _load_policy_model(args.run)
+    check_prompts(numbered, "genrl sample", prompt_checks(adapter=adapter))
+    prompts = [prompt for _, prompt in numbered]
     per_prompt = args.seeds or cfg.log.eval_seeds
     repeated, seeds = evaluation.evaluation_seeds(prompts, per_prompt)
     seeds = [s + args.seed for s in seeds]
@@ -181,6 +221,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("items", nargs="*", help="optional config file (or bundled name), then dotted.key=value overrides")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its latest checkpoint")
     p.add_argument("--help-config", action="store_true", help="list every config key with its default and help")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a run_dir that holds a previous run, deleting that run's outputs")
     add_launch_options(p)
     p.set_defaults(fn=cmd_train)
 
@@ -236,10 +278,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return args.fn(args)
-    except KeyboardInterrupt:
-        print("genrl: interrupted", file=sys.stderr)
-        return 130
+        with stopping.handled(stopping.raise_interrupted, (signal.SIGTERM,)):  # SIGTERM stops like Ctrl-C
+            return args.fn(args)
+    except KeyboardInterrupt as err:
+        code = err.exit_code if isinstance(err, stopping.Interrupted) else 130
+        print(f"genrl: interrupted ({signal.Signals(code - 128).name}); the last checkpoint, if any, is kept", file=sys.stderr)
+        return code
     except UserError as err:  # one line; anything else is a bug or the machine's and keeps its traceback
         if os.environ.get("GENRL_DEBUG"):
             raise

@@ -224,6 +224,15 @@ class Config:
         _check(self.train.lr > 0, "train.lr", self.train.lr, "a positive float")
         _check(self.train.warmup >= 0, "train.warmup", self.train.warmup, "an integer >= 0")
         _check(0 <= self.train.ema < 1, "train.ema", self.train.ema, "a float in [0, 1) (0: no average)")
+        _check(self.train.weight_decay >= 0, "train.weight_decay", self.train.weight_decay, "a float >= 0")
+        _check(self.train.max_bad_updates >= 1, "train.max_bad_updates", self.train.max_bad_updates,
+               "an integer >= 1 (consecutive non-finite updates that stop the run)")
+        _check(0 <= self.seed < 2**63, "seed", self.seed, "an integer in [0, 2**63)")
+        _check(self.log.checkpoint_every >= 1, "log.checkpoint_every", self.log.checkpoint_every,
+               "an integer >= 1 (the run also checkpoints at its end)")
+        _check(self.log.sample_every >= 0, "log.sample_every", self.log.sample_every, "an integer >= 0 (0: never)")
+        _check(self.log.eval_every >= 0, "log.eval_every", self.log.eval_every, "an integer >= 0 (0: only before and after)")
+        _check(self.log.eval_seeds >= 1, "log.eval_seeds", self.log.eval_seeds, "an integer >= 1 (images per evaluation prompt)")
         _check(
             self.train.minibatches >= 1 and self.train.prompts_per_update % self.train.minibatches == 0,
             "train.minibatches",

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from genrl.errors import ConfigError
+
 
 def avoid_cudnn_attention(device: str) -> None:
     """On CUDA, keep scaled_dot_product_attention off the cuDNN backend (flash / memory-efficient take over).
@@ -28,9 +30,26 @@ def avoid_cudnn_attention(device: str) -> None:
         torch.backends.cuda.enable_cudnn_sdp(False)
 
 
+def require_device(device: str) -> None:
+    """Refuse a device this machine does not have, rather than silently computing elsewhere."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"device={device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device={device!r} but this machine has no CUDA GPU (torch.cuda.is_available() "
+                              "is False); use device=cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise ConfigError(f"device={device!r} but this machine has {count} CUDA GPU(s) (cuda:0..cuda:{count - 1})")
+
+
 class Dist:
     def __init__(self, device: str = "cpu"):
         from accelerate import PartialState
+
+        require_device(str(device))
 
         self.state = PartialState(cpu=str(device) == "cpu")
         self.rank = self.state.process_index

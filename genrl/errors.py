@@ -32,12 +32,17 @@ class ModelError(UserError, ValueError):
     """Model files or weights that cannot be read or do not fit the model they are loaded into."""
 
 
-class RunDirError(UserError, OSError):
-    """A run directory that cannot be written."""
+class RunDirError(UserError, ValueError, OSError):
+    """A run directory a run may not use (not writable, or holding another run); the message says what to do."""
+
+
+class TrainingStopped(UserError, RuntimeError):
+    """The run stopped itself (e.g. too many non-finite updates); its checkpoint and metrics are kept."""
 
 
 class RewardError(UserError, ValueError):
     """A reward that returned something unusable (wrong shape, NaN or inf), or whose weights cannot be read."""
 
 
-__all__ = ["CheckpointError", "ConfigError", "ModelError", "PromptError", "RewardError", "RunDirError", "UserError"]
+__all__ = ["CheckpointError", "ConfigError", "ModelError", "PromptError", "RewardError", "RunDirError", "TrainingStopped",
+           "UserError"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from genrl import config
@@ -37,3 +38,20 @@ def _check_schedule_horizon(saved: config.TrainConfig, resumed: config.TrainConf
             f"train.updates={saved.updates}, and moving its end would jump the learning rate mid-run; "
             "start a new run (or a constant schedule) to train longer"
         )
+
+
+def fixed_config(cfg: config.Config) -> dict:
+    """The config keys a resumed run may not change, flattened (`train.lr`: 3e-4, ...): a checkpoint
+    carries them so that loading it into another experiment is refused, naming the key."""
+    flat = _flatten(json.loads(json.dumps(cfg.to_dict())))  # JSON values: tuples become lists, as in YAML
+    return {k: v for k, v in flat.items() if k != "run_dir" and not k.startswith(RESUMABLE_PREFIXES)}
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value and prefix.count(".") < 1:
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

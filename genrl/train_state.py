@@ -57,9 +57,21 @@ class TrainState:
             state["ema"] = {k: v.detach().cpu() for k, v in average.items()}
         return trainable, state
 
-    def restore(self, path: str | Path, sharded: bool) -> Progress:
-        """Load the checkpoint at `path` into every object; returns the progress it was saved at."""
-        trainable, state = checkpoint.load(path)
+    def save(self, run_dir: Path, progress: Progress, sharded: bool, write: bool, fingerprint: dict) -> Path:
+        """Capture (every process: a collective under sharding) and, where `write`, save checkpoint
+        `progress.update` with the run's fixed config keys (genrl.resume.fixed_config)."""
+        trainable, state = self.capture(progress, sharded)
+        if not write:
+            return Path(run_dir) / "checkpoints"
+        return checkpoint.save(run_dir, progress.update, trainable, state, fingerprint=fingerprint)
+
+    def restore(self, run_dir: Path, path: str | Path | None, sharded: bool, fingerprint: dict, warn=None) -> Progress:
+        """Load checkpoint `path`, or the newest usable one of `run_dir`, into every object (a checkpoint
+        of another experiment is refused, naming the key); returns the progress it was saved at."""
+        if path is None:
+            path, trainable, state = checkpoint.load_latest(run_dir, fingerprint, warn=warn)
+        else:
+            trainable, state = checkpoint.load(path, fingerprint)
         written_sharded = state.get("sharded", False)
         if written_sharded != sharded:  # the optimizer state's layout differs
             kind, how = ("sharded", "with --sharding zero2 or fsdp") if written_sharded else ("replicated", "without --sharding")

@@ -1,34 +1,31 @@
-"""The trainer shared by every algorithm (docs/architecture.md, "One update"):
-collect → reward → advantage → training batch → objective → update → log → checkpoint.
-
-What differs between algorithms is asked of the algorithm (its sampler, advantages, training
-batch, objective); backward passes in lockstep are genrl.passes, the checkpoint's state
-genrl.train_state, the files of a run genrl.run_dir.
-"""
+"""The trainer shared by every algorithm (docs/architecture.md, "One update"): collect → reward →
+advantage → training batch → objective → update → log → checkpoint. What differs between algorithms
+is asked of the algorithm; backward passes in lockstep are genrl.passes, the checkpoint's state
+genrl.train_state, the files of a run genrl.rundir, signals genrl.stopping."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import math
-import signal
 import time
 from pathlib import Path
 
 import torch
 from tensordict import TensorDictBase
 
-from genrl import checkpoint, evaluation, keys, sharding
+from genrl import evaluation, keys, rundir, sharding, stopping
 from genrl.advantages import zero_std_fraction
 from genrl.build import Components, build
 from genrl.config import Config
 from genrl.distributed import Dist, avoid_cudnn_attention
 from genrl.ema import ParameterEMA
-from genrl.errors import ConfigError, UserError
-from genrl.metrics import StabilityMonitor, l1_rel, learning_rate, merge_stats, peak_memory_mb
+from genrl.errors import ConfigError, TrainingStopped
+from genrl.metrics import StabilityMonitor, l1_rel, learning_rate, merge_stats, peak_memory_mb, progress_bar
 from genrl.passes import in_lockstep, unit_passes
+from genrl.resume import fixed_config
 from genrl.rewards import score
-from genrl.run_dir import RunDir, default_run_dir
+from genrl.rundir import RunDir, default_run_dir
 from genrl.train_state import Progress, TrainState
 from genrl.training_batch import TrainingBatch, UpdateContext
 
@@ -36,20 +33,18 @@ EVAL_GRID_SEEDS = 2  # images per prompt shown in an evaluation's PNG grid
 __all__ = ["StabilityMonitor", "Trainer", "TrainingStopped", "avoid_cudnn_attention", "learning_rate", "train"]
 
 
-class TrainingStopped(UserError, RuntimeError):
-    """The run stopped itself (e.g. too many non-finite updates); its checkpoint and metrics are kept."""
-
-
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: str | Path | None = None, components: Components | None = None):
-        self.cfg = cfg
+    def __init__(self, cfg: Config, run_dir: str | Path | None = None, components: Components | None = None,
+                 overwrite: bool = False):
+        """`overwrite`: a fresh run may replace a previous run in `run_dir` (see genrl.rundir)."""
+        self.cfg, self.overwrite = cfg, overwrite
         self.dist = Dist(cfg.device)
         if str(cfg.device).startswith("cuda"):
             cfg.device = str(self.dist.device)
         avoid_cudnn_attention(cfg.device)
         self.sharding = sharding.from_launcher() if self.dist.world > 1 else None  # replaces the parameters
-        shard = (self.dist.rank, self.dist.world)
-        self.parts = components or build(cfg, shard=shard, sharding=self.sharding)  # input checked before any write
+        # every input is checked here, before anything is written
+        self.parts = components or build(cfg, shard=(self.dist.rank, self.dist.world), sharding=self.sharding)
         self.algorithm, self.objective = self.parts.algorithm, self.parts.objective
         self.run_dir = RunDir(run_dir or cfg.run_dir or default_run_dir(cfg), writes=self.dist.is_main)
         params = self.parts.adapter.trainable_parameters()
@@ -61,7 +56,8 @@ class Trainer:
         self.state = TrainState(self.parts.adapter, self.optimizer, self.ema, self.parts.env, self.algorithm, self.generator)
         self.progress = Progress()
         self.monitor = StabilityMonitor(cfg)
-        self._stop_requested = False
+        self.stop = stopping.StopRequest()  # SIGINT / SIGTERM: finish this update, checkpoint, stop
+        self._resumed, self._checkpointed_update = False, None  # an update saved or loaded is not saved again
         torch.manual_seed(cfg.seed)  # the rollout's step noise
 
     # -- one update -----------------------------------------------------------------------
@@ -143,18 +139,23 @@ class Trainer:
     def run(self) -> dict:
         """Train for cfg.train.updates; returns the summary (also written to RUN_DIR/summary.json)."""
         log = self.cfg.log
+        start = rundir.plan_start(self.run_dir.path, self._resumed, self.overwrite)  # may refuse: nothing written yet
         # decided before any process can write base.json, so every process agrees
-        base_eval = log.eval_at_start and self.progress.update == 0 and not self.run_dir.exists("eval/base.json")
-        self.run_dir.prepare(self.cfg)
+        base_eval = log.eval_at_start and self.progress.update == 0 and (start.clears or not (self.run_dir / "eval/base.json").exists())
+        self.dist.barrier()  # every process has looked at the directory before it changes
+        self.run_dir.prepare(self.cfg, start)
         self.dist.barrier()
         summary: dict = {"run_dir": str(self.run_dir.path), "algorithm": self.cfg.algorithm, "seed": self.cfg.seed,
                          "processes": self.dist.world, "sharding": self.sharding.name if self.sharding else "none"}
         if base_eval:
             summary["base_eval"] = self.evaluate("base")
-        bar = _progress_bar(self.cfg.train.updates, self.progress.update, log.progress and self.dist.is_main)
-        previous = signal.signal(signal.SIGINT, self._request_stop)
+        elif start.kind == "resume" and (base := rundir.read_json(self.run_dir / "eval/base.json")) is not None:
+            summary["base_eval"] = base  # evaluated before the interruption
+        bar = progress_bar(self.cfg.train.updates, self.progress.update, log.progress and self.dist.is_main)
+        stop = False
+        previous = stopping.install(self.stop)
         try:
-            while not self._budget_spent() and not self._stop_requested:
+            while not self._budget_spent() and not stop:
                 metrics = self.iteration()
                 u = self.progress.update
                 if log.eval_every and u % log.eval_every == 0 and not self._budget_spent():
@@ -168,14 +169,14 @@ class Trainer:
                 if log.sample_every and u % log.sample_every == 0:
                     self.run_dir.write_grid(f"samples/update_{u:06d}.png", *self._last_samples, columns=self.cfg.train.group_size)
                 self._check_bad_updates(metrics)
-                if u % log.checkpoint_every == 0 or self._budget_spent() or self._stop_requested:
+                stop = self.stop.agreed(self.dist)
+                if u % log.checkpoint_every == 0 or self._budget_spent() or stop:
                     self.save_checkpoint()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            stopping.restore(previous)
             bar.close()
-        if self._stop_requested:
-            self.save_checkpoint()
-            return summary | {"interrupted_at": self.progress.update}
+        if stop:
+            return summary | {"interrupted_at": self.progress.update, "signal": self.stop.signum}
         summary["final_eval"] = self.evaluate("final")
         summary.update(updates=self.progress.update, nfe=self.progress.nfe, wall_s=round(self.progress.wall_s, 1))
         self.run_dir.write_json("summary.json", summary)
@@ -214,28 +215,31 @@ class Trainer:
                 f"Metrics and the last checkpoint are in {self.run_dir.path}"
             )
 
-    def _request_stop(self, signum, frame) -> None:
-        self._stop_requested = True  # finish the update in flight, checkpoint, exit cleanly
+    @property
+    def _stop_requested(self) -> bool:  # set to stop after this update, as a signal would
+        return self.stop.requested
 
-    # -- checkpoints --------------------------------------------------------------------------
+    @_stop_requested.setter
+    def _stop_requested(self, value: bool) -> None:
+        self.stop.requested = value
+
+    # -- checkpoints (genrl.train_state) ---------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        trainable, state = self.state.capture(self.progress, sharded=self.sharding is not None)
-        path = self.run_dir.path / "checkpoints"
-        if self.dist.is_main:
-            path = checkpoint.save(self.run_dir.path, self.progress.update, trainable, state)
+        if self._checkpointed_update == self.progress.update:  # already on disk (e.g. stopped right after saving)
+            return self.run_dir / "checkpoints" / f"update_{self.progress.update:06d}"
+        path = self.state.save(self.run_dir.path, self.progress, self.sharding is not None, self.dist.is_main,
+                               fixed_config(self.cfg))
         self.dist.barrier()
+        self._checkpointed_update = self.progress.update
         return path
 
     def load_checkpoint(self, path: str | Path | None = None) -> None:
-        self.progress = self.state.restore(path or checkpoint.latest(self.run_dir.path), sharded=self.sharding is not None)
+        """Resume from `path`, or from the newest usable checkpoint of the run directory."""
+        quiet = None if self.dist.is_main else (lambda message: None)
+        self.progress = self.state.restore(self.run_dir.path, path, self.sharding is not None, fixed_config(self.cfg), quiet)
+        self._resumed, self._checkpointed_update = True, self.progress.update
         self.run_dir.truncate_metrics(self.progress.update)
         self.dist.barrier()
-
-
-def _progress_bar(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="update", dynamic_ncols=True)
 
 
 def train(cfg: Config, run_dir: str | Path | None = None) -> dict:

@@ -77,7 +77,7 @@ def test_the_source_tree_is_found():
 # The layers of docs/architecture.md, bottom to top: a module imports its own layer or lower ones only.
 LAYERS = [
     ["genrl", "genrl.config", "genrl.config_io", "genrl.errors", "genrl.registry", "genrl.keys", "genrl.dynamics", "genrl.advantages",
-     "genrl.noise", "genrl.checkpoint", "genrl.sharding", "genrl.distributed", "genrl.grids"],
+     "genrl.noise", "genrl.checkpoint", "genrl.sharding", "genrl.distributed", "genrl.grids", "genrl.stopping"],
     ["genrl.shapeworld"],
     ["genrl.prompts"],
     ["genrl.models"],
@@ -86,7 +86,7 @@ LAYERS = [
     ["genrl.loss", "genrl.objective", "genrl.training_batch", "genrl.envs", "genrl.evaluation", "genrl.shapeworld.pretrain"],
     ["genrl.algorithms"],
     ["genrl.build"],
-    ["genrl.passes", "genrl.train_state", "genrl.run_dir", "genrl.metrics", "genrl.ema", "genrl.resume"],
+    ["genrl.passes", "genrl.train_state", "genrl.rundir", "genrl.metrics", "genrl.ema", "genrl.resume", "genrl.launch"],
     ["genrl.trainer"],
     ["genrl.benchmarks"],
     ["genrl.cli", "genrl.__main__"],

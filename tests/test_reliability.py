@@ -59,12 +59,18 @@ def test_missing_checkpoint_is_named(toy_overrides, tmp_path, capsys):
     assert "config.yaml not found" in capsys.readouterr().err
 
 
-def test_corrupt_checkpoint_is_named(toy_overrides, tmp_path):
+def test_corrupt_checkpoint_is_named(toy_overrides, tmp_path, capsys):
     trainer = Trainer(config.load(overrides=toy_overrides))
     trainer.run()
     latest = checkpoint.latest(tmp_path / "run")
     (latest / "state.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(checkpoint.CheckpointError, match=f"checkpoint {latest} cannot be read"):
+    resumed = Trainer(config.load(overrides=toy_overrides), run_dir=tmp_path / "run")
+    resumed.load_checkpoint()  # the previous checkpoint takes over
+    assert resumed.progress.update == 1
+    assert f"checkpoint {latest} is corrupt: state.pt does not match the sha256" in capsys.readouterr().err
+    (latest.parent / "update_000001" / "manifest.json").unlink()  # as written by an older genrl: no checksum
+    (latest.parent / "update_000001" / "state.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(checkpoint.CheckpointError, match="update_000001 cannot be read"):
         Trainer(config.load(overrides=toy_overrides), run_dir=tmp_path / "run").load_checkpoint()
 
 

@@ -231,6 +231,10 @@ class TinyShapeModel(FinetunedTransformer, ModelAdapter):
 
     # --- ModelAdapter interface ------------------------------------------------------
 
+    def check_prompt(self, prompt: str) -> None:
+        """Raise ValueError naming a word outside the vocabulary (checked before a run writes anything)."""
+        self.tokenizer.encode([prompt])
+
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> TensorDict:
         ids = self.tokenizer.encode(prompts).to(self._device)

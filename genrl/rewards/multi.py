@@ -34,6 +34,12 @@ class MultiReward:
             weights.append(float(entry.get("weight", 1.0)))
         self.weights = torch.tensor(weights)
 
+    def check_prompt(self, prompt: str) -> None:
+        """Raise ValueError for a prompt one of the rewards cannot score."""
+        for part in self.parts:
+            if hasattr(part, "check_prompt"):
+                part.check_prompt(prompt)
+
     def components(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         """[N, M]: each reward, checked."""
         return torch.stack(

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from genrl.errors import ConfigError
 from genrl.rewards.base import register
-from genrl.shapeworld import score
+from genrl.shapeworld import parse, score
 
 MODES = ("partial", "strict")
 
@@ -26,6 +26,10 @@ class ShapeEvalReward:
         if mode not in MODES:
             raise ConfigError(f"shapeeval reward: mode={mode!r} is not one of {', '.join(MODES)}")
         self.mode = mode
+
+    def check_prompt(self, prompt: str) -> None:
+        """Only ShapeWorld prompts can be scored: raise ValueError naming the word the grammar rejects."""
+        parse(prompt)
 
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         return score(images, prompts)[self.mode]  # [N], on the images' device
