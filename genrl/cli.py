@@ -92,34 +92,27 @@ def _print_summary(summary: dict) -> None:
 
 def _load_policy_model(run: str | None):
     """The base model of the default config, or a run's model with its latest (or given) checkpoint."""
-    from genrl import checkpoint, config
+    from genrl import config
     from genrl.build import build_model
+    from genrl.runs import open_run
 
     if run is None:
         cfg = config.load()
         return cfg, build_model(cfg)
-    run_path = Path(run)
-    ckpt = None
-    if (run_path / "trainable.safetensors").is_file():  # a checkpoint directory
-        ckpt, run_path = run_path, run_path.parent.parent
-    if not (run_path / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run!r} is neither a run directory (with config.yaml) nor a checkpoint directory")
-    cfg = config.from_dict(config.load_yaml(run_path / "config.yaml"))
-    adapter = build_model(cfg)
-    trainable, state = checkpoint.load(ckpt or checkpoint.latest(run_path))
-    adapter.load_trainable_state_dict(state.get("ema", trainable))  # the average the run evaluated (train.ema)
-    return cfg, adapter
+    loaded = open_run(run)
+    return loaded.config, loaded.adapter
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from genrl import evaluation
     from genrl.build import build_reward
     from genrl.grids import save_grid
-    from genrl.prompts import load_prompts
+    from genrl.prompts import check_drawable, load_prompts
 
     prompts = load_prompts(args.prompts) if args.prompts else None
     cfg, adapter = _load_policy_model(args.run)
     prompts = prompts or load_prompts(cfg.prompts.eval)
+    check_drawable(adapter, prompts)
     steps = args.steps or cfg.sampling.eval_steps
     result, images, repeated = evaluation.evaluate(
         adapter, prompts, args.seeds, steps, cfg.eval_shift_for(adapter), cfg.sampling.micro_batch,
@@ -141,12 +134,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from genrl import evaluation
     from genrl.grids import save_grid
-    from genrl.prompts import load_prompts
+    from genrl.prompts import check_drawable, load_prompts
 
     prompts = list(args.prompt or []) + (load_prompts(args.prompts) if args.prompts else [])
     if not prompts:
         raise ValueError("give at least one --prompt TEXT or --prompts FILE")
     cfg, adapter = _load_policy_model(args.run)
+    check_drawable(adapter, prompts)  # the same rule and message as `genrl eval`
     repeated, seeds = evaluation.evaluation_seeds(prompts, args.seeds)
     seeds = [s + args.seed for s in seeds]
     images = evaluation.sample_ode(adapter, repeated, seeds, args.steps or cfg.sampling.eval_steps,

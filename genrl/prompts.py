@@ -54,3 +54,15 @@ def is_shapeworld(prompts: list[str]) -> bool:
     except ValueError:
         return False
     return True
+
+
+def check_drawable(adapter, prompts: list[str]) -> None:
+    """Reject, before anything is sampled, prompts the model cannot draw: the tiny ShapeWorld model
+    draws only prompts of the ShapeWorld grammar (the error quotes the prompt and names the bad word)."""
+    from genrl.models.tiny import TinyShapeModel, default_vocabulary
+
+    if isinstance(adapter, TinyShapeModel) and adapter.config.vocabulary == default_vocabulary():
+        from genrl import shapeworld
+
+        for prompt in prompts:
+            shapeworld.parse(prompt)
