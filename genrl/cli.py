@@ -1,4 +1,4 @@
-"""`genrl train | eval | sample | bench` (DESIGN.md §10)."""
+"""`genrl train | eval | sample | export | bench` (DESIGN.md §10)."""
 
 from __future__ import annotations
 
@@ -150,6 +150,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from genrl.export import export_run
+
+    out, how = export_run(args.run, args.out, merge=args.merge)
+    print(f"wrote {out}; load it with {how}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from genrl.benchmarks.harness import run_suite
 
@@ -170,7 +178,7 @@ def add_launch_options(p: argparse.ArgumentParser) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genrl", description="RL for text-to-image flow models")
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval,sample,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,sample,export,bench}")
 
     p = sub.add_parser("train", help="train a policy: genrl train [CONFIG] [dotted.key=value ...]")
     p.add_argument("items", nargs="*", help="optional config file (or bundled name), then dotted.key=value overrides")
@@ -196,6 +204,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--steps", type=int, help="ODE steps (default: sampling.eval_steps)")
     p.set_defaults(fn=cmd_sample)
+
+    p = sub.add_parser("export", help="write a run's policy for diffusers: a LoRA folder, or a transformer folder")
+    p.add_argument("run", help="run directory (its latest checkpoint) or checkpoint directory")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--merge", action="store_true",
+                   help="sd3 / flux LoRA runs: fold the adapter into the weights and write the whole transformer "
+                        "(the tiny ShapeWorld model is always written whole)")
+    p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("bench", help="run a benchmark suite: every algorithm x seed under one budget")
     p.add_argument("suite", help="suite name (smoke, tiny, sd35m-geneval-like, flux-hps, flux-pickscore) or YAML path")
