@@ -15,7 +15,7 @@ import torch
 import yaml
 from tensordict import TensorDictBase
 
-from genrl import checkpoint, evaluation, keys, sharding
+from genrl import checkpoint, evaluation, keys, sharding, tracking
 from genrl.advantages import combine_rewards, compute_advantages, zero_std_fraction
 from genrl.build import Components, build
 from genrl.config import Config, TrainConfig
@@ -97,6 +97,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)  # unit draws and minibatch order
         self.progress = Progress()
         self.monitor = StabilityMonitor(cfg)
+        self.trackers = tracking.Trackers(cfg.log.trackers, enabled=self.dist.is_main)  # packages checked here
         self._stop_requested = False
         torch.manual_seed(cfg.seed)  # the rollout's step noise
 
@@ -255,6 +256,7 @@ class Trainer:
                          "processes": self.dist.world, "sharding": self.sharding.name if self.sharding else "none"}
         if base_eval:
             summary["base_eval"] = self.evaluate("base")
+        self.trackers.start(self.run_dir, self.cfg.to_dict(), self.progress.update, summary.get("base_eval"))
         bar = _progress_bar(self.cfg.train.updates, self.progress.update, log.progress and self.dist.is_main)
         previous = signal.signal(signal.SIGINT, self._request_stop)
         try:
@@ -271,6 +273,7 @@ class Trainer:
                                 clip=f"{metrics['clip_frac']:.2f}", nfe=metrics["nfe"])
                 if log.sample_every and u % log.sample_every == 0 and self.dist.is_main:
                     save_grid(*self._last_samples, self.run_dir / "samples" / f"update_{u:06d}.png", columns=self.cfg.train.group_size)
+                self.trackers.log(metrics)
                 self._check_bad_updates(metrics)
                 if u % log.checkpoint_every == 0 or self._budget_spent() or self._stop_requested:
                     self.save_checkpoint()
@@ -280,8 +283,10 @@ class Trainer:
         if self._stop_requested:
             self.save_checkpoint()
             summary["interrupted_at"] = self.progress.update
+            self.trackers.finish(self.progress.update)
             return summary
         summary["final_eval"] = self.evaluate("final")
+        self.trackers.finish(self.progress.update, summary["final_eval"])
         summary.update(updates=self.progress.update, nfe=self.progress.nfe, wall_s=round(self.progress.wall_s, 1))
         if self.dist.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
