@@ -81,7 +81,7 @@ class Trainer:
             cfg.device = str(self.dist.device)
         avoid_cudnn_attention(cfg.device)
         shard = (self.dist.rank, self.dist.world)
-        self.parts = components or build(cfg, shard=shard)  # all input checked before anything is written
+        self.parts = components or build(cfg, shard=shard, env_reward=False)  # checked before anything is written; scored here
         self.run_dir = Path(run_dir or cfg.run_dir or default_run_dir(cfg))
         self.sharding = sharding.from_launcher() if self.dist.world > 1 else None
         if self.sharding is not None:  # before the optimizer: sharding replaces the parameters
