@@ -107,6 +107,9 @@ class Trackers:
         """Open the trackers, store the config; at step 0 also the base evaluation and the grids written so far."""
         if not self.enabled:
             return
+        from accelerate import PartialState
+
+        PartialState()  # accelerate's trackers need its state (the trainer's has it; a script may not)
         self._run_dir = Path(run_dir)
         self.trackers = [_make(name, self._run_dir) for name in self.names]
         for tracker in self.trackers:
