@@ -2,7 +2,7 @@
 
     from genrl import config, build
     parts = build.build(config.load(overrides=["algorithm=flow_grpo"]))
-    rollout = parts.env.rollout(policy=parts.policy)      # TensorDict [N, K]
+    rollout = parts.env.rollout(policy=parts.policy)      # TensorDict [N, K], the reward at the last step
 """
 
 from __future__ import annotations
@@ -87,8 +87,16 @@ def build_reward(cfg: Config):
         raise ConfigError(f"reward.options {cfg.reward.options!r} rejected by {cfg.reward.name!r}: {err}") from None
 
 
-def build(cfg: Config, adapter: ModelAdapter | None = None, reward=None, shard: tuple[int, int] = (0, 1)) -> Components:
-    """Everything a run needs, built and checked before anything is written to disk."""
+def build(cfg: Config, adapter: ModelAdapter | None = None, reward=None, shard: tuple[int, int] = (0, 1),
+          env_reward: bool = True) -> Components:
+    """Everything a run needs, built and checked before anything is written to disk.
+
+    With `env_reward` the env decodes and scores its final latents (`("next", "reward")` at the last
+    step, the reward's plain call: no per-group normalisation), so that torchrl collectors gather
+    rewarded trajectories. The trainer builds without it: it decodes and scores the rollout itself
+    (images for the grids, per-group normalisation of a `multi` reward), and would otherwise decode
+    and score every batch twice.
+    """
     algorithm = build_algorithm(cfg)
     train_numbered = numbered_prompts(cfg.prompts.train)
     eval_numbered = numbered_prompts(cfg.prompts.eval)
@@ -107,6 +115,7 @@ def build(cfg: Config, adapter: ModelAdapter | None = None, reward=None, shard: 
         sigmas,
         group_size=cfg.train.group_size,
         shared_noise=o.shared_noise,
+        reward=reward if env_reward else None,
         seed=cfg.seed,
         device=cfg.device,
         shard=shard,

@@ -14,7 +14,7 @@ import torch
 import yaml
 from tensordict import TensorDictBase
 
-from genrl import checkpoint, evaluation, keys, rundir, sharding, stopping
+from genrl import checkpoint, evaluation, keys, rundir, sharding, stopping, tracking
 from genrl.advantages import combine_rewards, compute_advantages, zero_std_fraction
 from genrl.build import Components, build
 from genrl.config import Config, TrainConfig
@@ -84,7 +84,7 @@ class Trainer:
             cfg.device = str(self.dist.device)
         avoid_cudnn_attention(cfg.device)
         shard = (self.dist.rank, self.dist.world)
-        self.parts = components or build(cfg, shard=shard)  # all input checked before anything is written
+        self.parts = components or build(cfg, shard=shard, env_reward=False)  # checked before anything is written; scored here
         self.run_dir = Path(run_dir or cfg.run_dir or default_run_dir(cfg))
         self.sharding = sharding.from_launcher() if self.dist.world > 1 else None
         if self.sharding is not None:  # before the optimizer: sharding replaces the parameters
@@ -100,6 +100,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)  # unit draws and minibatch order
         self.progress = Progress()
         self.monitor = StabilityMonitor(cfg)
+        self.trackers = tracking.Trackers(cfg.log.trackers, enabled=self.dist.is_main)  # packages checked here
         self._stop_requested = False
         self._stop_signal: int | None = None
         self._resumed = False
@@ -267,6 +268,7 @@ class Trainer:
             summary["base_eval"] = self.evaluate("base")
         elif start.kind == "resume" and (base := rundir.read_json(base_path)) is not None:
             summary["base_eval"] = base  # evaluated before the interruption
+        self.trackers.start(self.run_dir, self.cfg.to_dict(), self.progress.update, summary.get("base_eval"))
         bar = _progress_bar(self.cfg.train.updates, self.progress.update, log.progress and self.dist.is_main)
         stop = False
         previous = stopping.install(self._request_stop)  # SIGINT / SIGTERM: finish this update, checkpoint, stop
@@ -284,6 +286,7 @@ class Trainer:
                                 clip=f"{metrics['clip_frac']:.2f}", nfe=metrics["nfe"])
                 if log.sample_every and u % log.sample_every == 0 and self.dist.is_main:
                     save_grid(*self._last_samples, self.run_dir / "samples" / f"update_{u:06d}.png", columns=self.cfg.train.group_size)
+                self.trackers.log(metrics)
                 self._check_bad_updates(metrics)
                 stop = self._agree_to_stop()
                 if u % log.checkpoint_every == 0 or self._budget_spent() or stop:
@@ -294,8 +297,10 @@ class Trainer:
         if stop:
             summary["interrupted_at"] = self.progress.update
             summary["signal"] = self._stop_signal
+            self.trackers.finish(self.progress.update)
             return summary
         summary["final_eval"] = self.evaluate("final")
+        self.trackers.finish(self.progress.update, summary["final_eval"])
         summary.update(updates=self.progress.update, nfe=self.progress.nfe, wall_s=round(self.progress.wall_s, 1))
         if self.dist.is_main:
             rundir.write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
