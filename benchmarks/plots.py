@@ -1,4 +1,5 @@
-"""Eval-score curves, one line per algorithm with a band over seeds (matplotlib, Agg backend).
+"""Eval-score curves, one line per algorithm with a band over seeds, and the final scores with their
+intervals and paired differences (matplotlib, Agg backend).
 
 Eval points fall at different NFEs for different algorithms (their updates cost
 different numbers of forwards), so each seed's curve is linearly interpolated on
@@ -62,6 +63,9 @@ def plot_curves(results: dict, out_dir: Path) -> list[Path]:
     return paths
 
 
+DOTS = 0.2  # the seeds' dots sit just below their algorithm's interval
+
+
 def plot_final_scores(results: dict, out_dir: Path) -> Path:
     """final_scores.png: left, every seed's final score (dots), the mean and its 95% interval per algorithm;
     right, the paired differences to the best (one dot per seed), their mean and its 95% interval."""
@@ -76,7 +80,7 @@ def plot_final_scores(results: dict, out_dir: Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 0.5 * max(len(labels), 2) + 1.6), dpi=120, sharey=True)
     for y, label in enumerate(labels):
         a = agg[label]
-        left.scatter(a["final_scores"], [y] * a["n"], s=14, color="C0", alpha=0.5, linewidth=0)
+        left.scatter(a["final_scores"], [y + DOTS] * a["n"], s=16, color="C0", alpha=0.7, linewidth=0)
         _mean_with_interval(left, a["final_mean"], a["final_ci95"], y)
         if label == cmp["best"]:
             continue
@@ -84,12 +88,13 @@ def plot_final_scores(results: dict, out_dir: Path) -> Path:
         if p is None or not p["n"]:
             continue
         best, other = (dict(zip(agg[k]["seeds"], agg[k]["final_scores"])) for k in (cmp["best"], label))
-        right.scatter([other[s] - best[s] for s in p["seeds"]], [y] * p["n"], s=14, color="C1", alpha=0.5, linewidth=0)
+        right.scatter([other[s] - best[s] for s in p["seeds"]], [y + DOTS] * p["n"], s=16, color="C1", alpha=0.7,
+                      linewidth=0)
         _mean_with_interval(right, p["diff"], p["ci95"], y, color="C1")
     base = [a["base_mean"] for a in agg.values() if a["n"] and a["base_mean"] is not None]
     if base:
         left.axvline(base[0], color="gray", linestyle="--", linewidth=1, label="base model")
-        left.legend(fontsize=8, loc="lower right")
+        left.legend(fontsize=8)
     right.axvline(0.0, color="gray", linewidth=1)
     left.set_yticks(range(len(labels)), [f"{k} (n={agg[k]['n']})" for k in labels], fontsize=8)
     left.invert_yaxis()
