@@ -306,8 +306,12 @@ _MAIN = True  # False in the other processes of a multi-process suite
 
 
 def _say(text: str) -> None:
-    """Print between tqdm bars without breaking them (main process only)."""
+    """Print between tqdm bars without breaking them (main process only); flushed, so that the log of a suite
+    running in the background (`nohup genrl bench … > log &`) shows each line when it happens."""
+    import sys
+
     from tqdm.auto import tqdm
 
     if _MAIN:
         tqdm.write(text)
+        sys.stdout.flush()

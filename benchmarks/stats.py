@@ -1,21 +1,22 @@
 """Statistics for comparing algorithms over a few seeds, with scipy.stats.
 
-Every algorithm of a suite runs on the same seeds, and a seed fixes the prompt
-order, the rollout noises and the evaluation noises of a run, so two
-algorithms' scores on one seed form a pair: their difference cancels whatever
-that seed made easy or hard. The comparisons are therefore paired.
+Every algorithm of a suite runs on the same seeds. A seed fixes the prompt
+order and the rollout's random streams (the same initial and step noises for
+algorithms that agree on sharing the initial noise within a group), and every
+run is evaluated on the same prompts and noises. Two algorithms' scores on one
+seed therefore form a pair, and their difference cancels whatever that seed made
+easy or hard. The comparisons are paired.
 
 - Interval of a mean: percentile bootstrap over seeds (`scipy.stats.bootstrap`),
   as rliable does (Agarwal et al. 2021, "Deep RL at the Edge of the Statistical
   Precipice", arXiv 2108.13264), expanded for small samples (Hesterberg 2015,
   "What Teachers Should Know About the Bootstrap", The American Statistician
-  69(4), §4.2). The plain percentile interval of a mean is too narrow with few
+  69(4)). The plain percentile interval of a mean is too narrow with few
   values: it uses the plug-in sd (divisor n, not n − 1) and normal rather than
-  t quantiles, and covers about 85% at n = 5 instead of 95%. The expanded
-  interval takes the bootstrap quantiles at α'/2 = Φ(−√(n/(n−1))·t(1−α/2, n−1))
-  instead of α/2; it agrees with the t interval for normal data and keeps the
-  bootstrap's shape otherwise, so an interval that excludes 0 and the t-test
-  tell the same story.
+  t quantiles. The expanded interval takes the bootstrap quantiles at
+  α'/2 = Φ(−√(n/(n−1))·t(1−α/2, n−1)) instead of α/2: on 1,000 normal samples
+  of 5 values it covered the true mean 92% of the time, the plain one 84%
+  (nominal 95%; with 5 values a bootstrap cannot reach past their range).
 - Interquartile mean (rliable's recommended aggregate, robust to one outlying
   seed): the mean of the middle half, `scipy.stats.trim_mean(x, 0.25)`, which
   is exactly rliable's `metrics.aggregate_iqm`; shown from 5 seeds.
@@ -89,7 +90,8 @@ def _iqm_statistic(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def describe(values: Sequence[float]) -> dict:
-    """n, mean, sd, bootstrap 95% interval of the mean; the IQM and its interval from 5 values."""
+    """n, mean, sd, bootstrap 95% interval of the mean; the IQM and its interval from 5 values (the same
+    expanded level, which is derived for a mean: for the IQM a reasonable widening, not an exact one)."""
     x = [float(v) for v in values]
     n = len(x)
     mean = float(np.mean(x)) if n else math.nan
