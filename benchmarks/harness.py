@@ -142,21 +142,12 @@ def _head(i: int, plans: list[RunPlan]) -> str:
 
 def _run_one(plan: RunPlan, run_dir: Path, head: str, dist: Dist) -> str:
     """'done' (kept), 'ran', or 'failed: …'; a Ctrl-C stops the whole suite after the run has checkpointed."""
-    from genrl import checkpoint
     from genrl.trainer import Trainer, TrainingStopped
 
-    if (run_dir / "summary.json").exists():
-        _check_same_config(plan, run_dir)
-        _say(f"{head}: already finished, kept ({run_dir})")
+    if _kept_or_checked(plan, head):
         return "done"
-    try:
-        checkpoint.latest(run_dir)
-        resume = True
-    except checkpoint.CheckpointError:
-        resume = False
-    if resume:
-        _check_same_config(plan, run_dir)
-    elif run_dir.exists() and dist.is_main:
+    resume = _has_checkpoint(run_dir)
+    if not resume and run_dir.exists() and dist.is_main:
         shutil.rmtree(run_dir)  # an attempt that died before its first checkpoint: its metrics would be stale
     dist.barrier()
     _reset_peak_memory(plan.cfg.device)
@@ -179,29 +170,31 @@ def _run_one(plan: RunPlan, run_dir: Path, head: str, dist: Dist) -> str:
 
 
 def _run_side_by_side(plans: list[RunPlan], jobs: int, record) -> None:
-    """At most `jobs` runs at once, each in a fresh process; on SIGINT/SIGTERM no new run starts, the running
-    ones checkpoint and stop (they get the signal too), then KeyboardInterrupt."""
+    """At most `jobs` runs at once, each in a fresh process. On SIGINT/SIGTERM no new run starts and the running
+    ones checkpoint and stop (they get the signal too), then KeyboardInterrupt; a run that raises stops the
+    suite the same way, then its error is raised, as it would be one by one."""
     import torch
 
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited torch threads or state
-    threads = max(1, torch.get_num_threads() // jobs)  # this process's threads (OMP_NUM_THREADS, else the cores) shared out
-    waiting, running, stop = list(range(len(plans))), {}, []
+    threads = max(1, torch.get_num_threads() // jobs)  # this process's threads (OMP_NUM_THREADS, else the cores)
+    waiting, running, stop, errors = list(range(len(plans))), {}, [], []
 
-    def on_signal(signum, frame):
+    def interrupt_runs(signum=None, frame=None):
         stop.append(signum)
         for child, _, _ in running.values():
-            if child.pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child.pid, signal.SIGINT)  # a `kill` of this process alone reaches the runs too
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGINT)  # a `kill` of this process alone reaches the runs too
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, interrupt_runs) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while waiting or running:
             while waiting and len(running) < jobs and not stop:
                 i = waiting.pop(0)
+                if _kept_or_checked(plans[i], _head(i, plans)):  # a wrong config is refused here, before any run
+                    record(i, "done", None)
+                    continue
                 receive, send = context.Pipe(duplex=False)
-                child = context.Process(target=_child, args=(plans[i], _head(i, plans), threads, send),
-                                        name=f"genrl-bench-{plans[i].label}-{plans[i].seed}")
+                child = context.Process(target=_child, args=(plans[i], _head(i, plans), threads, send))
                 child.start()
                 send.close()
                 running[i] = (child, receive, time.perf_counter())
@@ -210,19 +203,54 @@ def _run_side_by_side(plans: list[RunPlan], jobs: int, record) -> None:
             multiprocessing.connection.wait([c.sentinel for c, _, _ in running.values()])
             for i in [i for i, (c, _, _) in running.items() if not c.is_alive()]:
                 child, receive, t0 = running.pop(i)
-                child.join()
                 status = receive.recv() if receive.poll() else (
-                    "interrupted" if stop else f"failed: its process exited with code {child.exitcode}")
+                    "interrupted" if stop else f"error: its process exited with code {child.exitcode}")
+                if status.startswith("error: "):
+                    errors.append(f"{_head(i, plans)}: {status[len('error: '):]}")
+                    status = "failed: " + status[len("error: "):]
+                    interrupt_runs()
                 record(i, status, round(time.perf_counter() - t0, 1) if status == "ran" else None)
+    except BaseException:  # e.g. the next run's directory holds another config: stop the running ones first
+        interrupt_runs()
+        for child, _, _ in running.values():
+            child.join()
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if errors:
+        raise RuntimeError("; ".join(errors) + " (the other runs checkpointed; the same command resumes)")
     if stop:
         raise KeyboardInterrupt
 
 
+def _kept_or_checked(plan: RunPlan, head: str) -> bool:
+    """True for a finished run (kept). A run directory with a summary or a checkpoint made under another config
+    is refused (ConfigError) before anything runs."""
+    run_dir = Path(plan.cfg.run_dir)
+    finished = (run_dir / "summary.json").exists()
+    if finished or _has_checkpoint(run_dir):
+        _check_same_config(plan, run_dir)
+    if finished:
+        _say(f"{head}: already finished, kept ({run_dir})")
+    return finished
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    from genrl import checkpoint
+
+    try:
+        checkpoint.latest(run_dir)
+        return True
+    except checkpoint.CheckpointError:
+        return False
+
+
 def _child(plan: RunPlan, head: str, threads: int, send) -> None:
-    """One run in its own process; sends back its status ('ran', 'done', 'interrupted', 'failed: …')."""
+    """One run in its own process; sends back its status: 'ran', 'interrupted', 'failed: …' (training stopped
+    itself, as one by one) or 'error: …' (an exception, which stops the suite)."""
+    import traceback
+
     import torch
 
     torch.set_num_threads(threads)
@@ -231,9 +259,9 @@ def _child(plan: RunPlan, head: str, threads: int, send) -> None:
         status = _run_one(plan, Path(plan.cfg.run_dir), head, Dist(plan.cfg.device))
     except KeyboardInterrupt:
         status = "interrupted"
-    except Exception as err:  # reported in the table; the other runs go on
-        status = f"failed: {type(err).__name__}: {err}"
-        _say(f"{head}: {status}")
+    except Exception as err:
+        traceback.print_exc()
+        status = f"error: {type(err).__name__}: {err}"
     send.send(status)
     send.close()
 

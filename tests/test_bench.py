@@ -316,3 +316,5 @@ def test_runs_side_by_side_match_one_by_one_and_resume_after_ctrl_c(tmp_path):
         assert _metrics(Path(ours["run_dir"])) == _metrics(Path(theirs["run_dir"]))
     with pytest.raises(ConfigError, match="--jobs=0"):
         harness.run_suite(path, out, jobs=0)
+    with pytest.raises(ConfigError, match="different config"):  # refused before any process starts
+        harness.run_suite(path, out, overrides=["train.lr=1e-3"], jobs=2)
