@@ -256,7 +256,8 @@ def table_markdown(results: dict) -> str:
                       f"{fmt(p['mdd'])} | {needed} |")
         lines.append(f"| {name} | {a['n']} | {score} |{iqm} {per_seed} |{versus}")
     lines += ["", f"**Noise:** {cmp['verdict']}", "",
-              "| algorithm | base | updates | NFE spent | NFE to target | wall-clock to target | images/s | peak mem (MiB) |",
+              "| algorithm | base | updates | NFE spent | NFE to target | wall-clock to target | images/s | "
+              "peak mem (MiB) |",
               "|---|---|---|---|---|---|---|---|"]
     for label, a in agg.items():
         n = f" ({a['reached_target']}/{a['n']})" if target is not None and a["n"] else ""

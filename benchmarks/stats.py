@@ -38,7 +38,8 @@ import warnings
 from typing import Sequence
 
 import numpy as np
-from scipy import optimize, stats
+import scipy.optimize
+import scipy.stats
 
 LEVEL = 0.95  # confidence level of every interval
 ALPHA = 0.05  # level of the tests
@@ -52,8 +53,8 @@ def expanded_level(level: float, n: int) -> float:
     1 − 2·Φ(−√(n/(n−1))·t(1 − (1 − level)/2, n − 1)). 0.95 becomes 0.998 at n = 5 and 0.968 at n = 20;
     at n ≤ 3 it is nearly 1, the whole range of the resampled statistic, which still cannot reach past the
     values themselves: with 2–3 seeds the interval stays narrower than the t interval."""
-    t = stats.t.ppf(1 - (1 - level) / 2, n - 1)
-    return float(min(1 - 2 * stats.norm.sf(math.sqrt(n / (n - 1)) * t), 1 - 1e-12))
+    t = scipy.stats.t.ppf(1 - (1 - level) / 2, n - 1)
+    return float(min(1 - 2 * scipy.stats.norm.sf(math.sqrt(n / (n - 1)) * t), 1 - 1e-12))
 
 
 def bootstrap_ci(values: Sequence[float], statistic=np.mean, level: float = LEVEL, resamples: int = RESAMPLES,
@@ -71,8 +72,8 @@ def bootstrap_ci(values: Sequence[float], statistic=np.mean, level: float = LEVE
         return value, value
     confidence = expanded_level(level, len(x)) if expand else level
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        result = stats.bootstrap((x,), statistic, n_resamples=resamples, confidence_level=confidence,
+        warnings.simplefilter("ignore", scipy.stats.DegenerateDataWarning)
+        result = scipy.stats.bootstrap((x,), statistic, n_resamples=resamples, confidence_level=confidence,
                                  method="percentile", vectorized=True, rng=np.random.default_rng(seed))
     ci = result.confidence_interval
     return float(ci.low), float(ci.high)
@@ -82,11 +83,11 @@ def iqm(values: Sequence[float]) -> float | None:
     """Interquartile mean: the mean of the values left after trimming 25% from each end (⌊n/4⌋ values each side)."""
     if len(values) < IQM_MIN_SEEDS:
         return None
-    return float(stats.trim_mean(np.asarray(values, dtype=float), 0.25))
+    return float(scipy.stats.trim_mean(np.asarray(values, dtype=float), 0.25))
 
 
 def _iqm_statistic(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    return stats.trim_mean(x, 0.25, axis=axis)
+    return scipy.stats.trim_mean(x, 0.25, axis=axis)
 
 
 def describe(values: Sequence[float]) -> dict:
@@ -102,7 +103,8 @@ def describe(values: Sequence[float]) -> dict:
     return out
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA, power: float = POWER) -> dict | None:
+def paired_difference(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA,
+                      power: float = POWER) -> dict | None:
     """Mean of a − b over pairs with its bootstrap interval, the paired t-test, the minimum detectable difference
     and the seeds needed to detect the observed difference; None below two pairs."""
     if len(a) != len(b):
@@ -116,7 +118,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float], alpha: float = ALP
         t, p = (math.copysign(math.inf, mean), 0.0) if mean else (0.0, 1.0)
         t_ci = (mean, mean)
     else:
-        test = stats.ttest_rel(a, b)
+        test = scipy.stats.ttest_rel(a, b)
         t, p = float(test.statistic), float(test.pvalue)
         ci = test.confidence_interval(LEVEL)
         t_ci = (float(ci.low), float(ci.high))
@@ -131,10 +133,10 @@ def paired_t_power(effect: float, n: int, alpha: float = ALPHA) -> float:
     Under the alternative t = mean·√n / sd follows a noncentral t with n − 1 degrees of freedom and
     noncentrality effect·√n; the test rejects when |t| exceeds the (1 − α/2) quantile of the central t.
     """
-    df, crit = n - 1, stats.t.ppf(1 - alpha / 2, n - 1)
+    df, crit = n - 1, scipy.stats.t.ppf(1 - alpha / 2, n - 1)
     nc = effect * math.sqrt(n)
     # P(T < −crit) written as the upper tail at −nc: scipy's nct.cdf gives NaN far in the lower tail
-    return float(stats.nct.sf(crit, df, nc) + stats.nct.sf(crit, df, -nc))
+    return float(scipy.stats.nct.sf(crit, df, nc) + scipy.stats.nct.sf(crit, df, -nc))
 
 
 def min_detectable_difference(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float | None:
@@ -144,9 +146,9 @@ def min_detectable_difference(sd: float, n: int, alpha: float = ALPHA, power: fl
     if sd == 0.0:
         return 0.0
     high = 1.0
-    while paired_t_power(high, n, alpha) < power:  # n = 2 needs an effect of about 9 sd
+    while paired_t_power(high, n, alpha) < power:  # n = 2 needs an effect of about 12 sd
         high *= 2.0
-    effect = optimize.brentq(lambda e: paired_t_power(e, n, alpha) - power, 0.0, high, xtol=1e-10)
+    effect = scipy.optimize.brentq(lambda e: paired_t_power(e, n, alpha) - power, 0.0, high, xtol=1e-10)
     return effect * sd
 
 

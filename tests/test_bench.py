@@ -174,7 +174,8 @@ def test_chunk_ablation_arms_are_the_papers_partitions_of_8_trained_steps():
     assert differing - {"run_dir"} and all(k.startswith(("chunk_grpo.grouping", "chunk_grpo.unit_"))
                                            for k in differing - {"run_dir"})
     # a decaying L1rel profile, as rollouts show: large steps first
-    l1 = torch.linspace(0.3, 0.05, 10).expand(6, -1).clone() + 0.01 * torch.rand(6, 10, generator=torch.Generator().manual_seed(0))
+    jitter = 0.01 * torch.rand(6, 10, generator=torch.Generator().manual_seed(0))
+    l1 = torch.linspace(0.3, 0.05, 10).expand(6, -1) + jitter
     sizes = {}
     for label, plan in first.items():
         algorithm = build_algorithm(plan.cfg)
