@@ -199,7 +199,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if _launched_here(args):
         rest = [args.suite, *args.overrides] + (["--out", args.out] if args.out else []) + (["--dry-run"] if args.dry_run else [])
         return _relaunch_with_accelerate(args, rest)
-    run_suite(args.suite, args.out, dry_run=args.dry_run, overrides=args.overrides)
+    run_suite(args.suite, args.out, dry_run=args.dry_run, overrides=args.overrides, jobs=args.jobs)
     return 0
 
 
@@ -251,9 +251,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("bench", help="run a benchmark suite: every algorithm x seed under one budget")
-    p.add_argument("suite", help="suite name (smoke, tiny, sd35m-geneval-like, flux-hps, flux-pickscore) or YAML path")
+    p.add_argument("suite", help="suite name (smoke, tiny, chunk-ablation, sd35m-geneval-like, flux-hps, flux-pickscore) or YAML path")
     p.add_argument("--out", default=None, help="output directory (default bench_out/SUITE)")
     p.add_argument("--dry-run", action="store_true", help="tiny random components, one update per run (CPU check)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="runs side by side, each with 1/N of the threads")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides applied to every run")
     add_launch_options(p)
     p.set_defaults(fn=cmd_bench)
