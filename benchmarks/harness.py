@@ -8,24 +8,35 @@ metrics.jsonl, eval/, checkpoints/, summary.json). Calling run_suite again with
 the same OUT is how a suite resumes: a run with summary.json is kept, a run with
 a checkpoint continues from it, anything else starts over. A run directory made
 with a different config is an error, never silently mixed into the table.
+OUT/results.json and OUT/table.md are rewritten after every run, so a suite
+running in the background can be read while it runs.
 
-Runs execute in this process, one after the other (the tiny model loads in a
-second, and the trainer resets every random stream from the seed). Peak memory is
-reset between runs: CUDA's peak counter, and on Linux the process's resident
-high-water mark (/proc/self/clear_refs), which the trainer reads.
+Ctrl-C (SIGINT) and SIGTERM stop a suite cleanly: the run in flight finishes its
+update, checkpoints and the suite exits; the same command then resumes it.
+
+With jobs=1 the runs execute in this process, one after the other (the tiny model
+loads in a second, and the trainer resets every random stream from the seed).
+Peak memory is reset between runs: CUDA's peak counter, and on Linux the
+process's resident high-water mark (/proc/self/clear_refs), which the trainer
+reads. With jobs=N, N runs execute side by side, each in its own fresh process
+with 1/N of this process's torch threads: on a CPU machine, two one-thread runs
+get more from two cores than one run with two threads of small matrix products.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
 import yaml
 
-from genrl.benchmarks import plots, report
+from genrl.benchmarks import report
 from genrl.benchmarks.suite import RunPlan, load_suite, plan_runs
 from genrl.config import ConfigError
 from genrl.distributed import Dist
@@ -34,8 +45,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run_suite(suite: str | Path, out: str | Path | None = None, dry_run: bool = False,
-              overrides: list[str] | tuple = ()) -> dict:
-    """Run (or resume) a suite into OUT; write results.json, table.md and the PNG curves; return the results."""
+              overrides: list[str] | tuple = (), jobs: int = 1) -> dict:
+    """Run (or resume) a suite into OUT; write results.json, table.md and the PNG plots; return the results."""
     spec = load_suite(suite)
     out = Path(out) if out else Path("bench_out") / (spec.name + ("-dry-run" if dry_run else ""))
     plans = plan_runs(spec, dry_run, list(overrides), out)
@@ -44,68 +55,100 @@ def run_suite(suite: str | Path, out: str | Path | None = None, dry_run: bool = 
     global _MAIN
     dist = Dist(plans[0].cfg.device)
     _MAIN = dist.is_main
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs={jobs!r} is not allowed: expected a number of runs side by side >= 1")
+    if jobs > 1 and dist.world > 1:
+        raise ConfigError("--jobs runs whole runs side by side, --num-processes splits each run: use one of them")
     out.mkdir(parents=True, exist_ok=True)
     _say(f"suite {spec.name}: {len(plans)} runs ({len(spec.algorithms)} algorithms x {len(spec.seeds)} seeds), "
-         f"{spec.budget_nfe:,} NFE each{' [dry run: 1 update each]' if dry_run else ''} -> {out}")
-    started, spent = time.perf_counter(), []
-    runs = []
-    for i, plan in enumerate(plans, 1):
-        run_dir = Path(plan.cfg.run_dir)
-        head = f"[{i}/{len(plans)}] {plan.label} seed {plan.seed}"
-        t0 = time.perf_counter()
-        status = _run_one(plan, run_dir, head, dist)
-        elapsed = round(time.perf_counter() - t0, 1) if status == "ran" else None  # with evaluation and loading
-        spent += [elapsed] if elapsed is not None else []
-        entry = {"label": plan.label, "algorithm": plan.algorithm, "seed": plan.seed, "run_dir": str(run_dir),
-                 "elapsed_s": elapsed}
-        if (run_dir / "summary.json").exists():
-            entry |= {"status": "finished"} | report.read_run(run_dir, spec.target_score)
-            left = len(plans) - i
-            eta = f", about {_duration(left * sum(spent) / len(spent))} left" if spent and left else ""
-            _say(f"{head}: final {entry['final_score']:.3f} (base {report.fmt(entry['base_score'])}), "
-                 f"{entry['nfe']:,} NFE, {entry['wall_s']:.0f} s training{eta}")
-        else:
-            entry |= {"status": status}
-        runs.append(entry)
-
+         f"{spec.budget_nfe:,} NFE each{' [dry run: 1 update each]' if dry_run else ''}"
+         f"{f', {jobs} at a time' if jobs > 1 else ''} -> {out}")
     results = {
         "suite": spec.settings(),
         "dry_run": dry_run,
         "cli_overrides": list(overrides),
         "git": report.git_commit(REPO),
         "machine": report.machine_info(plans[0].cfg.device),
-        "suite_wall_s": round(time.perf_counter() - started, 1),
-        "runs": runs,
+        "jobs": jobs,
+        "planned_runs": len(plans),
+        "complete": False,
+        "suite_wall_s": None,
+        "runs": [None] * len(plans),
     }
-    labels = list(spec.algorithms)
-    results["aggregate"] = report.aggregate(runs, labels)
-    results["comparison"] = report.compare(results["aggregate"])
-    _check_equal_budgets(runs, spec.budget_nfe, dry_run)
+    started, spent = time.perf_counter(), []
+
+    def record(i: int, status: str, elapsed: float | None) -> None:
+        """Fill in run i and rewrite the partial report (main process only)."""
+        plan, head = plans[i], _head(i, plans)
+        run_dir = Path(plan.cfg.run_dir)
+        spent.extend([elapsed] if elapsed is not None else [])
+        entry = {"label": plan.label, "algorithm": plan.algorithm, "seed": plan.seed, "run_dir": str(run_dir),
+                 "elapsed_s": elapsed}
+        if (run_dir / "summary.json").exists():
+            entry |= {"status": "finished"} | report.read_run(run_dir, spec.target_score)
+            left = sum(r is None for r in results["runs"]) - 1
+            eta = f", about {_duration(left * sum(spent) / len(spent) / jobs)} left" if spent and left > 0 else ""
+            _say(f"{head}: final {entry['final_score']:.3f} (base {report.fmt(entry['base_score'])}), "
+                 f"{entry['nfe']:,} NFE, {entry['wall_s']:.0f} s training{eta}")
+        else:
+            entry |= {"status": status}
+        results["runs"][i] = entry
+        if dist.is_main:
+            try:
+                _write(results, out, final=False)
+            except Exception as err:  # a report problem must not stop hours of runs; the final report raises it
+                _say(f"warning: could not write the partial report ({type(err).__name__}: {err})")
+
+    try:
+        with _sigterm_stops_like_ctrl_c():
+            if jobs == 1:
+                for i, plan in enumerate(plans):
+                    t0 = time.perf_counter()
+                    try:
+                        status = _run_one(plan, Path(plan.cfg.run_dir), _head(i, plans), dist)
+                    except KeyboardInterrupt:
+                        record(i, "interrupted", None)
+                        raise
+                    record(i, status, round(time.perf_counter() - t0, 1) if status == "ran" else None)
+            else:
+                _run_side_by_side(plans, jobs, record)
+    except KeyboardInterrupt:
+        _say(f"suite {spec.name} interrupted; partial results in {out / 'table.md'}; "
+             "run the same command again to resume")
+        raise
+
+    results["runs"] = [r for r in results["runs"] if r is not None]
+    results["complete"] = True
+    results["suite_wall_s"] = round(time.perf_counter() - started, 1)
+    _check_equal_budgets(results["runs"], spec.budget_nfe, dry_run)
     if not dist.is_main:
-        return results
-    (out / "results.json").write_text(json.dumps(_finite(results), indent=2))
-    table = report.table_markdown(results)
-    (out / "table.md").write_text(table)
-    plots.plot_curves(results, out)
-    _say("\n" + table + f"\nwrote {out / 'results.json'}, {out / 'table.md'}, {out}/score_vs_*.png "
-         f"(suite {_duration(results['suite_wall_s'])})")
+        return report.summarise(results)
+    _write(results, out, final=True)
+    _say("\n" + (out / "table.md").read_text() + f"\nwrote {out / 'results.json'}, {out / 'table.md'}, "
+         f"{out}/*.png (suite {_duration(results['suite_wall_s'])})")
     return results
+
+
+def _write(results: dict, out: Path, final: bool) -> None:
+    """The report of the runs recorded so far; plots only at the end (they take a second each)."""
+    partial = dict(results, runs=[r for r in results["runs"] if r is not None])
+    report.write(report.summarise(partial), out, with_plots=final)
+    results.update(aggregate=partial["aggregate"], comparison=partial["comparison"])
+
+
+def _head(i: int, plans: list[RunPlan]) -> str:
+    return f"[{i + 1}/{len(plans)}] {plans[i].label} seed {plans[i].seed}"
 
 
 def _run_one(plan: RunPlan, run_dir: Path, head: str, dist: Dist) -> str:
     """'done' (kept), 'ran', or 'failed: …'; a Ctrl-C stops the whole suite after the run has checkpointed."""
-    from genrl import checkpoint
     from genrl.stopping import Interrupted
     from genrl.trainer import Trainer, TrainingStopped
 
-    if (run_dir / "summary.json").exists():
-        _check_same_config(plan, run_dir)
-        _say(f"{head}: already finished, kept ({run_dir})")
+    if _kept_or_checked(plan, head):
         return "done"
-    resume = bool(checkpoint.candidates(run_dir))  # even if `latest` is unreadable: the trainer falls back
-    if resume:
-        _check_same_config(plan, run_dir)
-    elif run_dir.exists() and dist.is_main:
+    resume = _has_checkpoint(run_dir)
+    if not resume and run_dir.exists() and dist.is_main:
         shutil.rmtree(run_dir)  # an attempt that died before its first checkpoint: its metrics would be stale
     dist.barrier()
     _reset_peak_memory(plan.cfg.device)
@@ -122,6 +165,117 @@ def _run_one(plan: RunPlan, run_dir: Path, head: str, dist: Dist) -> str:
         _say(f"{head}: interrupted at update {summary['interrupted_at']}; run the same command again to resume")
         raise Interrupted(summary["signal"]) if summary.get("signal") else KeyboardInterrupt
     return "ran"
+
+
+# ------------------------------------------------------------------------------------- runs side by side
+
+
+def _run_side_by_side(plans: list[RunPlan], jobs: int, record) -> None:
+    """At most `jobs` runs at once, each in a fresh process. On SIGINT/SIGTERM no new run starts and the running
+    ones checkpoint and stop (they get the signal too), then KeyboardInterrupt; a run that raises stops the
+    suite the same way, then its error is raised, as it would be one by one."""
+    import torch
+
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited torch threads or state
+    threads = max(1, torch.get_num_threads() // jobs)  # this process's threads (OMP_NUM_THREADS, else the cores)
+    waiting, running, stop, errors = list(range(len(plans))), {}, [], []
+
+    def interrupt_runs(signum=None, frame=None):
+        stop.append(signum)
+        for child, _, _ in running.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGINT)  # a `kill` of this process alone reaches the runs too
+
+    previous = {sig: signal.signal(sig, interrupt_runs) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while waiting or running:
+            while waiting and len(running) < jobs and not stop:
+                i = waiting.pop(0)
+                if _kept_or_checked(plans[i], _head(i, plans)):  # a wrong config is refused here, before any run
+                    record(i, "done", None)
+                    continue
+                receive, send = context.Pipe(duplex=False)
+                child = context.Process(target=_child, args=(plans[i], _head(i, plans), threads, send))
+                child.start()
+                send.close()
+                running[i] = (child, receive, time.perf_counter())
+            if not running:
+                break
+            multiprocessing.connection.wait([c.sentinel for c, _, _ in running.values()])
+            for i in [i for i, (c, _, _) in running.items() if not c.is_alive()]:
+                child, receive, t0 = running.pop(i)
+                status = receive.recv() if receive.poll() else (
+                    "interrupted" if stop else f"error: its process exited with code {child.exitcode}")
+                if status.startswith("error: "):
+                    errors.append(f"{_head(i, plans)}: {status[len('error: '):]}")
+                    status = "failed: " + status[len("error: "):]
+                    interrupt_runs()
+                record(i, status, round(time.perf_counter() - t0, 1) if status == "ran" else None)
+    except BaseException:  # e.g. the next run's directory holds another config: stop the running ones first
+        interrupt_runs()
+        for child, _, _ in running.values():
+            child.join()
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if errors:
+        raise RuntimeError("; ".join(errors) + " (the other runs checkpointed; the same command resumes)")
+    if stop:
+        raise KeyboardInterrupt
+
+
+def _kept_or_checked(plan: RunPlan, head: str) -> bool:
+    """True for a finished run (kept). A run directory with a summary or a checkpoint made under another config
+    is refused (ConfigError) before anything runs."""
+    run_dir = Path(plan.cfg.run_dir)
+    finished = (run_dir / "summary.json").exists()
+    if finished or _has_checkpoint(run_dir):
+        _check_same_config(plan, run_dir)
+    if finished:
+        _say(f"{head}: already finished, kept ({run_dir})")
+    return finished
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    """Any checkpoint directory, even when `latest` is unreadable: the trainer falls back to it."""
+    from genrl import checkpoint
+
+    return bool(checkpoint.candidates(run_dir))
+
+
+def _child(plan: RunPlan, head: str, threads: int, send) -> None:
+    """One run in its own process; sends back its status: 'ran', 'interrupted', 'failed: …' (training stopped
+    itself, as one by one) or 'error: …' (an exception, which stops the suite)."""
+    import traceback
+
+    import torch
+
+    torch.set_num_threads(threads)
+    plan.cfg.log.progress = False  # bars of several processes would overwrite each other
+    try:
+        status = _run_one(plan, Path(plan.cfg.run_dir), head, Dist(plan.cfg.device))
+    except KeyboardInterrupt:
+        status = "interrupted"
+    except Exception as err:
+        traceback.print_exc()
+        status = f"error: {type(err).__name__}: {err}"
+    send.send(status)
+    send.close()
+
+
+@contextlib.contextmanager
+def _sigterm_stops_like_ctrl_c():
+    """SIGTERM (`kill PID`, a scheduler's stop) becomes SIGINT: the run in flight checkpoints before the suite exits."""
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _check_same_config(plan: RunPlan, run_dir: Path) -> None:
@@ -170,17 +324,6 @@ def _reset_peak_memory(device: str) -> None:
         pass
 
 
-def _finite(value):
-    """NaN/inf (an undefined t statistic, an empty mean) become null: results.json stays strict JSON."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value) if isinstance(value, Path) else value
-
-
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
@@ -189,8 +332,12 @@ _MAIN = True  # False in the other processes of a multi-process suite
 
 
 def _say(text: str) -> None:
-    """Print between tqdm bars without breaking them (main process only)."""
+    """Print between tqdm bars without breaking them (main process only); flushed, so that the log of a suite
+    running in the background (`nohup genrl bench … > log &`) shows each line when it happens."""
+    import sys
+
     from tqdm.auto import tqdm
 
     if _MAIN:
         tqdm.write(text)
+        sys.stdout.flush()

@@ -51,17 +51,19 @@ def read_run(run_dir: Path, target: float | None) -> dict:
 
 
 def aggregate(runs: list[dict], labels: list[str]) -> dict:
-    """Per label: final score mean ± 95% t-interval over the finished seeds, and the costs."""
+    """Per label: the final scores over finished seeds (mean, sd, bootstrap 95% interval, IQM) and the costs."""
     out = {}
     for label in labels:
         done = [r for r in runs if r["label"] == label and r["status"] == "finished"]
         scores = [r["final_score"] for r in done]
-        mean, half = stats.mean_ci(scores)
+        final = stats.describe(scores)
         hit = [r for r in done if r["nfe_to_target"] is not None]
         out[label] = {
             "n": len(done), "seeds": [r["seed"] for r in done], "final_scores": scores,
-            "final_mean": mean, "final_ci95": half,
+            "final_mean": final["mean"], "final_sd": final["sd"], "final_ci95": final["ci95"],
+            "final_iqm": final["iqm"], "final_iqm_ci95": final["iqm_ci95"],
             "base_mean": _mean([r["base_score"] for r in done if r["base_score"] is not None]),
+            "updates_mean": _mean([r["updates"] for r in done]),
             "nfe_mean": _mean([r["nfe"] for r in done]), "wall_s_mean": _mean([r["wall_s"] for r in done]),
             "reached_target": len(hit),
             "nfe_to_target_mean": _mean([r["nfe_to_target"] for r in hit]),
@@ -73,40 +75,103 @@ def aggregate(runs: list[dict], labels: list[str]) -> dict:
 
 
 def compare(agg: dict) -> dict:
-    """The best mean against every other label: Welch's t-test and whether the 95% intervals overlap."""
+    """The best mean against every other label, paired by seed: the mean difference with its bootstrap interval,
+    the paired t-test (p-values Holm-corrected over the comparisons), and the minimum detectable difference."""
     ranked = sorted((k for k in agg if agg[k]["n"]), key=lambda k: agg[k]["final_mean"], reverse=True)
+    method = {"pairing": "by seed", "interval": f"percentile bootstrap, {stats.RESAMPLES} resamples, {stats.LEVEL:.0%}",
+              "test": "paired t-test (scipy.stats.ttest_rel), two-sided, Holm-corrected over the comparisons",
+              "alpha": stats.ALPHA, "mdd_power": stats.POWER, "iqm_min_seeds": stats.IQM_MIN_SEEDS}
     if not ranked:
-        return {"best": None, "pairs": [], "verdict": "No run finished; nothing to compare."}
+        return {"best": None, "pairs": [], "method": method, "verdict": "No run finished; nothing to compare."}
     best = ranked[0]
     pairs = []
     for other in ranked[1:]:
-        a, b = agg[best], agg[other]
-        test = stats.welch_test(a["final_scores"], b["final_scores"])
-        overlap = None
-        if a["final_ci95"] is not None and b["final_ci95"] is not None:
-            overlap = a["final_mean"] - a["final_ci95"] <= b["final_mean"] + b["final_ci95"]
-        pairs.append({"best": best, "other": other, "diff": a["final_mean"] - b["final_mean"],
-                      "welch_p": test["p"] if test else None, "ci_overlap": overlap})
-    return {"best": best, "pairs": pairs, "verdict": verdict(best, pairs)}
+        a, b = (dict(zip(agg[k]["seeds"], agg[k]["final_scores"])) for k in (best, other))
+        seeds = [s for s in a if s in b]  # a seed one of them has not finished cannot be paired
+        diff = stats.paired_difference([b[s] for s in seeds], [a[s] for s in seeds]) or {}  # other − best
+        one = b[seeds[0]] - a[seeds[0]] if seeds else None  # a single shared seed: a difference, no test
+        pairs.append({"best": best, "other": other, "seeds": seeds, "n": len(seeds), "diff": diff.get("mean", one),
+                      **{k: diff.get(k) for k in ("sd", "ci95", "t_ci95", "t", "p", "mdd", "seeds_needed")}})
+    tested = [p for p in pairs if p["p"] is not None]
+    for p, adjusted in zip(tested, stats.holm([p["p"] for p in tested])):
+        p["p_holm"] = adjusted
+    for p in pairs:
+        p.setdefault("p_holm", None)
+        p["beyond_noise"] = p["p_holm"] is not None and p["p_holm"] < stats.ALPHA
+    return {"best": best, "pairs": pairs, "method": method, "verdict": verdict(best, pairs)}
 
 
 def verdict(best: str, pairs: list[dict]) -> str:
+    """Plain words: which gaps to the best are beyond noise, and how large a gap the seeds could have shown."""
     if not pairs:
         return f"Only {best} finished; nothing to compare."
-    if any(p["welch_p"] is None for p in pairs):
-        return (f"{best} has the best mean, but some algorithm has fewer than two finished seeds, "
+    if any(p["p"] is None for p in pairs):
+        return (f"{best} has the best mean, but some algorithm shares fewer than two finished seeds with it, "
                 "so no difference can be told from noise.")
-    noisy = [p for p in pairs if p["welch_p"] >= 0.05 or p["ci_overlap"]]
-    detail = "; ".join(f"vs {p['other']}: {p['diff']:+.3f}, Welch p ≈ {p['welch_p']:.2g}, 95% CIs "
-                       f"{'overlap' if p['ci_overlap'] else 'do not overlap'}" for p in pairs)
+    noisy = [p for p in pairs if not p["beyond_noise"]]
+    detail = "; ".join(f"vs {p['other']}: {_signed(p['diff'])} {_ci(p['ci95'], '+.3f')}, p = {p['p_holm']:.2g}"
+                       for p in pairs)
+    if not noisy:
+        return f"Beyond noise: {best} is ahead of every other algorithm ({detail})."
+    mdds = sorted(p["mdd"] for p in noisy)
+    n = sorted({p["n"] for p in noisy})
+    seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
+    size = f"{mdds[0]:.3f}" if mdds[0] == mdds[-1] else f"{mdds[0]:.3f} to {mdds[-1]:.3f}"
+    power = (f"with {seeds} seeds a true gap of {size} (the minimum detectable difference, from the observed "
+             f"spread of the paired differences) would have been found {stats.POWER:.0%} of the time; "
+             "smaller gaps could hide in the noise")
     if len(noisy) == len(pairs):
-        return (f"Within noise: {best} has the best mean, but no difference is significant ({detail}). "
-                "With this few seeds the test has little power; more seeds would be needed to rank them.")
-    if noisy:
-        return (f"Partly within noise: {best} is ahead of "
-                f"{', '.join(p['other'] for p in pairs if p not in noisy)} beyond noise, but not of "
-                f"{', '.join(p['other'] for p in noisy)} ({detail}).")
-    return f"Beyond noise: {best} is ahead of every other algorithm ({detail})."
+        return f"Within noise: {best} has the best mean, but no difference is significant ({detail}); {power}."
+    ahead = ", ".join(p["other"] for p in pairs if p["beyond_noise"])
+    return (f"Partly within noise: {best} is ahead of {ahead} beyond noise, but not of "
+            f"{', '.join(p['other'] for p in noisy)} ({detail}); {power}.")
+
+
+def _signed(value: float | None) -> str:
+    return fmt(value, "+.3f")
+
+
+def summarise(results: dict) -> dict:
+    """Fill in `aggregate` and `comparison` from `runs` (the per-run records are the source of truth)."""
+    results["aggregate"] = aggregate(results["runs"], list(results["suite"]["algorithms"]))
+    results["comparison"] = compare(results["aggregate"])
+    return results
+
+
+def write(results: dict, out: Path, with_plots: bool = True) -> None:
+    """OUT/results.json and OUT/table.md (each replaced whole, so a reader never sees half a file), and the plots."""
+    from genrl.benchmarks import plots
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (("results.json", json.dumps(finite(results), indent=2)), ("table.md", table_markdown(results))):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
+    if with_plots:
+        plots.plot_curves(results, out)
+        plots.plot_final_scores(results, out)
+
+
+def rebuild(out: str | Path) -> dict:
+    """Recompute the statistics, table.md and plots of a results folder from its results.json alone."""
+    path = Path(out) / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} not found: give a folder written by `genrl bench`")
+    results = summarise(json.loads(path.read_text()))
+    write(results, Path(out))
+    return results
+
+
+def finite(value):
+    """NaN/inf (an undefined t statistic, an empty mean) become null: results.json stays strict JSON."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value) if isinstance(value, Path) else value
 
 
 def machine_info(device: str) -> dict:
@@ -155,40 +220,103 @@ def table_markdown(results: dict) -> str:
     suite, agg, cmp = results["suite"], results["aggregate"], results["comparison"]
     git, machine = results["git"], results["machine"]
     target = suite["target_score"]
+    pairs = {p["other"]: p for p in cmp["pairs"]}
+    with_iqm = any(a["final_iqm"] is not None for a in agg.values())
     lines = [
-        f"# Benchmark `{suite['name']}`{' (dry run)' if results['dry_run'] else ''}",
+        f"# Benchmark `{suite['name']}`{' (dry run)' if results['dry_run'] else ''}{_progress(results)}",
         "",
         f"{suite['description']}".strip(),
         "",
         f"Budget {suite['budget_nfe']:,} NFE per run (rollout + training forwards) · seeds {suite['seeds']} · "
-        f"held-out eval every {suite['eval_every']} updates · target score {fmt(target, '.2f')} · "
+        f"held-out eval {_cadence(suite['eval_every'])} · target score {fmt(target, '.2f')} · "
         f"commit {(git['commit'] or 'unknown')[:10]}{' (uncommitted changes)' if git['dirty'] else ''} · "
         f"{machine['device']}{' ' + machine['gpu'] if machine.get('gpu') else ''}, {machine['cpu_count']} CPUs, "
         f"torch {machine['torch_version']} · {machine['date']}",
         "",
-        "| algorithm | final eval score (mean ± 95% CI) | per seed | base | NFE spent | NFE to target | "
-        "wall-clock to target | images/s | peak mem (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| algorithm | seeds | final eval score, mean [95% CI] |" + (" IQM [95% CI] |" if with_iqm else "")
+        + " per seed | Δ vs best, paired [95% CI] | p (paired t, Holm) | MDD (80% power) | seeds to detect Δ |",
+        "|---|---|---|" + ("---|" if with_iqm else "") + "---|---|---|---|---|",
     ]
     for label, a in agg.items():
-        score = f"{fmt(a['final_mean'])} ± {fmt(a['final_ci95'], '.3f', 'n/a')}" if a["n"] else "no finished run"
+        score = f"{fmt(a['final_mean'])} {_ci(a['final_ci95'])}" if a["n"] else "no finished run"
+        name = f"**{label}**" if label == cmp["best"] else label
         if label == cmp["best"]:
             score = f"**{score}**"
         per_seed = ", ".join(f"{v:.3f}" for v in a["final_scores"])
+        iqm = f" {fmt(a['final_iqm'])} {_ci(a['final_iqm_ci95'])} |" if with_iqm and a["final_iqm"] is not None else (
+            " – |" if with_iqm else "")
+        p = pairs.get(label)
+        if label == cmp["best"]:
+            versus = " best | | | |"
+        elif p is None:
+            versus = " – | – | – | – |"
+        else:
+            needed = p["seeds_needed"] if p["seeds_needed"] is not None else ("> 1000" if p["p"] is not None else "–")
+            versus = (f" {_signed(p['diff'])} {_ci(p['ci95'], '+.3f')} | {fmt(p['p_holm'], '.2g')} | "
+                      f"{fmt(p['mdd'])} | {needed} |")
+        lines.append(f"| {name} | {a['n']} | {score} |{iqm} {per_seed} |{versus}")
+    lines += ["", f"**Noise:** {cmp['verdict']}", "",
+              "| algorithm | base | updates | NFE spent | NFE to target | wall-clock to target | images/s | "
+              "peak mem (MiB) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for label, a in agg.items():
         n = f" ({a['reached_target']}/{a['n']})" if target is not None and a["n"] else ""
         lines.append(
-            f"| {label} | {score} | {per_seed} | {fmt(a['base_mean'])} | {fmt(a['nfe_mean'], ',.0f')} | "
+            f"| {label} | {fmt(a['base_mean'])} | {fmt(a.get('updates_mean'), '.0f')} | {fmt(a['nfe_mean'], ',.0f')} | "
             f"{fmt(a['nfe_to_target_mean'], ',.0f')}{n} | {_seconds(a['wall_s_to_target_mean'])}{n} | "
             f"{fmt(a['images_per_s_mean'], '.1f')} | {fmt(a['peak_mem_mb_max'], ',.0f')} |")
     failed = [r for r in results["runs"] if r["status"] != "finished"]
-    lines += ["", f"**Noise:** {cmp['verdict']}", ""]
+    lines.append("")
     if failed:
         names = ", ".join("{label} seed {seed} ({status})".format(**r) for r in failed)
         lines += [f"Not finished: {names}.", ""]
     lines += [
-        "CI: Student t interval over seeds, mean ± t(0.975, n−1)·s/√n. NFE to target / wall-clock to target: mean over "
-        "the seeds that reached it (count in parentheses), first eval point at or above the target. "
-        "Wall-clock counts training only, not evaluation.",
+        "Statistics: scores are paired by seed. A seed fixes the prompt order and the rollout's random streams "
+        "(the initial noises coincide between algorithms that agree on sharing them within a group), and every run "
+        "is evaluated on the same prompts and noises. 95% CI: percentile bootstrap over seeds "
+        f"({stats.RESAMPLES:,} resamples), expanded for few seeds (Hesterberg 2015) so that it matches a t interval "
+        "on normal data; with 2–3 seeds it cannot reach past the seeds' own range. "
+        + (f"IQM: interquartile mean, the mean of the middle half of the seeds (from {stats.IQM_MIN_SEEDS} seeds). "
+           if with_iqm else "")
+        + "Δ vs best: mean over seeds of (algorithm − best). p: paired t-test, Holm-corrected over the "
+        f"comparisons with the best; beyond noise when p < {stats.ALPHA}. MDD: minimum detectable difference, the "
+        f"true gap the paired t-test would find {stats.POWER:.0%} of the time at this many seeds, from the observed "
+        "sd of the paired differences; seeds to detect Δ: how many seeds the observed gap would need for the same. "
+        "NFE to target / wall-clock to target: mean over the seeds that reached it (count in parentheses), first "
+        "eval point at or above the target. Wall-clock counts training only, not evaluation.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _cadence(every: int) -> str:
+    return f"every {every} updates" if every else "before and after training"
+
+
+def _progress(results: dict) -> str:
+    if results.get("complete", True):
+        return ""
+    done = sum(r["status"] in ("finished", "done") for r in results["runs"])
+    return f" (in progress: {done} of {results['planned_runs']} runs finished)"
+
+
+def _ci(ci, spec: str = ".3f") -> str:
+    return f"[{format(ci[0], spec)}, {format(ci[1], spec)}]" if ci else "[n/a]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m genrl.benchmarks.report DIR [DIR ...]: rebuild each folder's table.md and plots from results.json."""
+    import sys
+
+    folders = sys.argv[1:] if argv is None else argv
+    if not folders:
+        print("usage: python -m genrl.benchmarks.report DIR [DIR ...]", file=sys.stderr)
+        return 2
+    for folder in folders:
+        results = rebuild(folder)
+        print(f"{folder}: {results['comparison']['verdict']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,7 +2,7 @@
 
     from genrl import config, build
     parts = build.build(config.load(overrides=["algorithm=flow_grpo"]))
-    rollout = parts.env.rollout(policy=parts.policy)      # TensorDict [N, K]
+    rollout = parts.env.rollout(policy=parts.policy)      # TensorDict [N, K], the reward at the last step
 
 The composition root: the one module that knows every layer below the trainer, including
 where the tiny random-weight stand-ins of real models and rewards live (`genrl.testing`,
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from genrl import algorithms, dynamics, models, rewards
+from genrl import algorithms, models, rewards
 from genrl.advantages import ADVANTAGES
 from genrl.config import Config, ConfigError
 from genrl.envs import DenoisingEnv, PromptSampler
@@ -105,12 +105,17 @@ def build_reward(cfg: Config):
 
 
 def build(cfg: Config, adapter: ModelAdapter | None = None, reward=None, shard: tuple[int, int] = (0, 1),
-          sharding: Sharding | None = None) -> Components:
+          sharding: Sharding | None = None, env_reward: bool = True) -> Components:
     """Everything a run needs, built and checked before anything is written to disk.
 
     `shard` (rank, processes): this process's slice of every batch. `sharding`: the denoiser is
     sharded (genrl.sharding) before the policy and the objective are made, so that what they
     keep of its parameters (an "old" policy, say) is sharded like them.
+    With `env_reward` the env decodes and scores its final latents (`("next", "reward")` at the last
+    step, the reward's plain call: no per-group normalisation), so that torchrl collectors gather
+    rewarded trajectories. The trainer builds without it: it decodes and scores the rollout itself
+    (images for the grids, per-group normalisation of a `multi` reward), and would otherwise decode
+    and score every batch twice.
     """
     algorithm = build_algorithm(cfg)
     train_numbered = numbered_prompts(cfg.prompts.train)
@@ -129,6 +134,7 @@ def build(cfg: Config, adapter: ModelAdapter | None = None, reward=None, shard: 
         sigmas,
         group_size=cfg.train.group_size,
         shared_noise=algorithm.shared_noise,
+        reward=reward if env_reward else None,
         seed=cfg.seed,
         device=cfg.device,
         shard=shard,

@@ -1,4 +1,4 @@
-"""`genrl train | eval | sample | bench` (docs/architecture.md, "Configuration and the CLI")."""
+"""`genrl train | eval | sample | export | bench` (docs/architecture.md, "Configuration and the CLI")."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from genrl import stopping
-from genrl.errors import CheckpointError, ConfigError, PromptError, UserError
+from genrl.errors import ConfigError, PromptError, UserError
 from genrl.launch import run_launcher
 
 
@@ -120,28 +120,15 @@ def _print_summary(summary: dict) -> None:
 
 def _load_policy_model(run: str | None):
     """The base model of the default config, or a run's model with its latest (or given) checkpoint."""
-    from genrl import checkpoint, config
+    from genrl import config
     from genrl.build import build_model
-    from genrl.resume import fixed_config
+    from genrl.runs import open_run
 
     if run is None:
         cfg = config.load()
         return cfg, build_model(cfg)
-    run_path = Path(run)
-    ckpt = None
-    if (run_path / "trainable.safetensors").is_file():  # a checkpoint directory
-        ckpt, run_path = run_path, run_path.parent.parent
-    if not (run_path / "config.yaml").is_file():
-        raise CheckpointError(f"{run!r} is neither a run directory (with config.yaml) nor a checkpoint directory")
-    cfg = config.from_dict(config.load_yaml(run_path / "config.yaml"))
-    adapter = build_model(cfg)
-    fingerprint = fixed_config(cfg)  # a checkpoint copied from another experiment is refused
-    if ckpt is not None:
-        trainable, state = checkpoint.load(ckpt, fingerprint)
-    else:
-        _, trainable, state = checkpoint.load_latest(run_path, fingerprint)
-    adapter.load_trainable_state_dict(state.get("ema", trainable))  # the average the run evaluated (train.ema)
-    return cfg, adapter
+    loaded = open_run(run)
+    return loaded.config, loaded.adapter
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -195,13 +182,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from genrl.export import export_run
+
+    out, how = export_run(args.run, args.out, merge=args.merge)
+    print(f"wrote {out}; load it with {how}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from genrl.benchmarks.harness import run_suite
 
     if _launched_here(args):
         rest = [args.suite, *args.overrides] + (["--out", args.out] if args.out else []) + (["--dry-run"] if args.dry_run else [])
         return _relaunch_with_accelerate(args, rest)
-    run_suite(args.suite, args.out, dry_run=args.dry_run, overrides=args.overrides)
+    run_suite(args.suite, args.out, dry_run=args.dry_run, overrides=args.overrides, jobs=args.jobs)
     return 0
 
 
@@ -215,7 +210,7 @@ def add_launch_options(p: argparse.ArgumentParser) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genrl", description="RL for text-to-image flow models")
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval,sample,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,sample,export,bench}")
 
     p = sub.add_parser("train", help="train a policy: genrl train [CONFIG] [dotted.key=value ...]")
     p.add_argument("items", nargs="*", help="optional config file (or bundled name), then dotted.key=value overrides")
@@ -245,10 +240,19 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="ODE steps (default: sampling.eval_steps)")
     p.set_defaults(fn=cmd_sample)
 
+    p = sub.add_parser("export", help="write a run's policy for diffusers: a LoRA folder, or a transformer folder")
+    p.add_argument("run", help="run directory (its latest checkpoint) or checkpoint directory")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--merge", action="store_true",
+                   help="sd3 / flux LoRA runs: fold the adapter into the weights and write the whole transformer "
+                        "(the tiny ShapeWorld model is always written whole)")
+    p.set_defaults(fn=cmd_export)
+
     p = sub.add_parser("bench", help="run a benchmark suite: every algorithm x seed under one budget")
-    p.add_argument("suite", help="suite name (smoke, tiny, sd35m-geneval-like, flux-hps, flux-pickscore) or YAML path")
+    p.add_argument("suite", help="suite name (smoke, tiny, chunk-ablation, sd35m-geneval-like, flux-hps, flux-pickscore) or YAML path")
     p.add_argument("--out", default=None, help="output directory (default bench_out/SUITE)")
     p.add_argument("--dry-run", action="store_true", help="tiny random components, one update per run (CPU check)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="runs side by side, each with 1/N of the threads")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides applied to every run")
     add_launch_options(p)
     p.set_defaults(fn=cmd_bench)

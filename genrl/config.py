@@ -94,6 +94,8 @@ class LogConfig:
     eval_every: int = _field(0, "evaluate on the held-out prompts every N updates (0: only before and after)")
     eval_seeds: int = _field(4, "images per evaluation prompt (fixed seeds per prompt, see genrl.evaluation)")
     eval_at_start: bool = _field(True, "evaluate the base policy before training")
+    trackers: list = _field([], "experiment trackers, e.g. [tensorboard] (also wandb, mlflow, trackio; "
+                            "each needs its package): namespaced metrics, the config, the grids")
     warn_clip_frac: float = _field(0.9, "warn when clip_frac stays above this for warn_patience updates")
     warn_approx_kl: float = _field(0.05, "warn when approx_kl stays above this for warn_patience updates")
     warn_patience: int = _field(10, "consecutive out-of-range updates before the warning (reward hacking, lr too large)")

@@ -28,6 +28,10 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint or run directory that is missing, incomplete or does not fit this run."""
 
 
+class RunNotFoundError(CheckpointError, FileNotFoundError):
+    """A path that is neither a run directory nor a checkpoint directory."""
+
+
 class ModelError(UserError, ValueError):
     """Model files or weights that cannot be read or do not fit the model they are loaded into."""
 
@@ -44,5 +48,5 @@ class RewardError(UserError, ValueError):
     """A reward that returned something unusable (wrong shape, NaN or inf), or whose weights cannot be read."""
 
 
-__all__ = ["CheckpointError", "ConfigError", "ModelError", "PromptError", "RewardError", "RunDirError", "TrainingStopped",
-           "UserError"]
+__all__ = ["CheckpointError", "ConfigError", "ModelError", "PromptError", "RewardError", "RunDirError", "RunNotFoundError",
+           "TrainingStopped", "UserError"]

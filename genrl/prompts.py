@@ -99,3 +99,4 @@ def is_shapeworld(prompts: list[str]) -> bool:
     except ValueError:
         return False
     return True
+

@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import yaml
 from torch import Tensor
@@ -200,10 +200,17 @@ class RunDir:
     def __truediv__(self, relative: str) -> Path:
         return self.path / relative
 
-    def prepare(self, cfg: Config, start: Start) -> None:
-        """Create (or clear, or tidy for a resume) the directory and write config.yaml unless it is there."""
+    def begin(self, cfg: Config, resumed: bool, overwrite: bool, barrier: Callable[[], None]) -> tuple[Start, bool]:
+        """(how the run starts, whether eval/base.json is still to be written): planned by every process
+        alike (`plan_start` may refuse, before anything is written), then the directory is created (or
+        cleared, or tidied for a resume) and config.yaml written unless it is there, between barriers."""
+        start = plan_start(self.path, resumed, overwrite)
+        base_missing = start.clears or not (self.path / "eval" / "base.json").exists()  # before anyone writes it
+        barrier()  # every process has looked at the directory before it changes
         if self.writes:
             prepare(self.path, start, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        barrier()
+        return start, base_missing
 
     def append_metrics(self, metrics: dict) -> None:
         if self.writes:

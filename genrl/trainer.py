@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tensordict import TensorDictBase
 
-from genrl import evaluation, keys, rundir, sharding, stopping
+from genrl import evaluation, keys, rundir, sharding, stopping, tracking
 from genrl.advantages import zero_std_fraction
 from genrl.build import Components, build
 from genrl.config import Config
@@ -44,7 +44,8 @@ class Trainer:
         avoid_cudnn_attention(cfg.device)
         self.sharding = sharding.from_launcher() if self.dist.world > 1 else None  # replaces the parameters
         # every input is checked here, before anything is written
-        self.parts = components or build(cfg, shard=(self.dist.rank, self.dist.world), sharding=self.sharding)
+        self.parts = components or build(cfg, shard=(self.dist.rank, self.dist.world), sharding=self.sharding,
+                                         env_reward=False)  # the trainer scores each batch itself, once
         self.algorithm, self.objective = self.parts.algorithm, self.parts.objective
         self.run_dir = RunDir(run_dir or cfg.run_dir or default_run_dir(cfg), writes=self.dist.is_main)
         params = self.parts.adapter.trainable_parameters()
@@ -56,6 +57,7 @@ class Trainer:
         self.state = TrainState(self.parts.adapter, self.optimizer, self.ema, self.parts.env, self.algorithm, self.generator)
         self.progress = Progress()
         self.monitor = StabilityMonitor(cfg)
+        self.trackers = tracking.Trackers(cfg.log.trackers, enabled=self.dist.is_main)  # packages checked here
         self.stop = stopping.StopRequest()  # SIGINT / SIGTERM: finish this update, checkpoint, stop
         self._resumed, self._checkpointed_update = False, None  # an update saved or loaded is not saved again
         torch.manual_seed(cfg.seed)  # the rollout's step noise
@@ -139,18 +141,15 @@ class Trainer:
     def run(self) -> dict:
         """Train for cfg.train.updates; returns the summary (also written to RUN_DIR/summary.json)."""
         log = self.cfg.log
-        start = rundir.plan_start(self.run_dir.path, self._resumed, self.overwrite)  # may refuse: nothing written yet
-        # decided before any process can write base.json, so every process agrees
-        base_eval = log.eval_at_start and self.progress.update == 0 and (start.clears or not (self.run_dir / "eval/base.json").exists())
-        self.dist.barrier()  # every process has looked at the directory before it changes
-        self.run_dir.prepare(self.cfg, start)
-        self.dist.barrier()
+        start, base_missing = self.run_dir.begin(self.cfg, self._resumed, self.overwrite, self.dist.barrier)
+        base_eval = log.eval_at_start and self.progress.update == 0 and base_missing
         summary: dict = {"run_dir": str(self.run_dir.path), "algorithm": self.cfg.algorithm, "seed": self.cfg.seed,
                          "processes": self.dist.world, "sharding": self.sharding.name if self.sharding else "none"}
         if base_eval:
             summary["base_eval"] = self.evaluate("base")
         elif start.kind == "resume" and (base := rundir.read_json(self.run_dir / "eval/base.json")) is not None:
             summary["base_eval"] = base  # evaluated before the interruption
+        self.trackers.start(self.run_dir.path, self.cfg.to_dict(), self.progress.update, summary.get("base_eval"))
         bar = progress_bar(self.cfg.train.updates, self.progress.update, log.progress and self.dist.is_main)
         stop = False
         previous = stopping.install(self.stop)
@@ -168,6 +167,7 @@ class Trainer:
                                 **{k: f"{metrics[k]:.2g}" for k in ("approx_kl", "clip_frac") if k in metrics})
                 if log.sample_every and u % log.sample_every == 0:
                     self.run_dir.write_grid(f"samples/update_{u:06d}.png", *self._last_samples, columns=self.cfg.train.group_size)
+                self.trackers.log(metrics)
                 self._check_bad_updates(metrics)
                 stop = self.stop.agreed(self.dist)
                 if u % log.checkpoint_every == 0 or self._budget_spent() or stop:
@@ -176,8 +176,10 @@ class Trainer:
             stopping.restore(previous)
             bar.close()
         if stop:
+            self.trackers.finish(self.progress.update)
             return summary | {"interrupted_at": self.progress.update, "signal": self.stop.signum}
         summary["final_eval"] = self.evaluate("final")
+        self.trackers.finish(self.progress.update, summary["final_eval"])
         summary.update(updates=self.progress.update, nfe=self.progress.nfe, wall_s=round(self.progress.wall_s, 1))
         self.run_dir.write_json("summary.json", summary)
         self.dist.barrier()  # every process sees the run finished (the bench harness looks)

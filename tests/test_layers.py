@@ -76,7 +76,7 @@ def test_the_source_tree_is_found():
 
 # The layers of docs/architecture.md, bottom to top: a module imports its own layer or lower ones only.
 LAYERS = [
-    ["genrl", "genrl.config", "genrl.config_io", "genrl.errors", "genrl.registry", "genrl.keys", "genrl.dynamics", "genrl.advantages",
+    ["genrl.config", "genrl.config_io", "genrl.errors", "genrl.registry", "genrl.keys", "genrl.dynamics", "genrl.advantages",
      "genrl.noise", "genrl.checkpoint", "genrl.sharding", "genrl.distributed", "genrl.grids", "genrl.stopping"],
     ["genrl.shapeworld"],
     ["genrl.prompts"],
@@ -86,10 +86,11 @@ LAYERS = [
     ["genrl.loss", "genrl.objective", "genrl.training_batch", "genrl.envs", "genrl.evaluation", "genrl.shapeworld.pretrain"],
     ["genrl.algorithms"],
     ["genrl.build"],
-    ["genrl.passes", "genrl.train_state", "genrl.rundir", "genrl.metrics", "genrl.ema", "genrl.resume", "genrl.launch"],
+    ["genrl.passes", "genrl.train_state", "genrl.rundir", "genrl.metrics", "genrl.ema", "genrl.resume", "genrl.launch",
+     "genrl.tracking", "genrl.runs", "genrl.export"],
     ["genrl.trainer"],
     ["genrl.benchmarks"],
-    ["genrl.cli", "genrl.__main__"],
+    ["genrl", "genrl.cli", "genrl.__main__"],  # the package's own namespace: genrl.load_run
 ]
 
 

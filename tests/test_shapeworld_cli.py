@@ -61,6 +61,19 @@ def test_sample_writes_a_grid(tmp_path, capsys):
     assert "at least one --prompt" in capsys.readouterr().err
 
 
+def test_sample_rejects_a_prompt_the_model_cannot_draw_as_eval_does(tmp_path, capsys):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a orange square\n")
+    assert cli.main(["eval", "--prompts", str(bad), "--out", str(tmp_path / "e.json")]) == 2
+    eval_error = capsys.readouterr().err
+    assert cli.main(["sample", "--prompt", "a orange square", "--out", str(tmp_path / "s.png")]) == 2
+    sample_error = capsys.readouterr().err
+    reason = "cannot parse prompt 'a orange square': wrong article 'a' before 'orange': write 'an orange'\n"
+    # the same reason; each names where the prompt came from (the file and line, or --prompt)
+    assert eval_error.endswith(f"bad.txt' line 1: {reason}") and sample_error.endswith(f"--prompt: {reason}")
+    assert not any(tmp_path.glob("*.png")) and not (tmp_path / "e.json").exists()
+
+
 def tiny_overrides(prompt_file):
     """The default config (the main job), shrunk to seconds: the shipped model, LoRA, shapeeval."""
     return ["train.prompts_per_update=2", "train.group_size=2", "sampling.eval_steps=2", "log.eval_seeds=1",

@@ -92,3 +92,23 @@ def save_lora(
         directory, transformer_lora_layers=state, transformer_lora_adapter_metadata=metadata, safe_serialization=True
     )
     return directory
+
+
+def fold_lora(transformer: nn.Module) -> nn.Module:
+    """Fold the LoRA adapter of `transformer` into its base weights and remove the adapter layers, in place:
+    what is left is a plain diffusers model (`save_pretrained` / `from_pretrained`). No-op without LoRA.
+
+    The fused weights have the base model's dtype (bf16 for the real models): W + (α/r)·B·A is
+    computed by peft in the adapter's float32 and rounded once.
+    """
+    if getattr(transformer, "_hf_peft_config_loaded", False):
+        transformer.fuse_lora(lora_scale=1.0)
+        transformer.unload_lora()  # replaces each LoRA layer by its (now fused) base layer
+    return transformer.requires_grad_(False).eval()
+
+
+def merged_copy(transformer: nn.Module) -> nn.Module:
+    """`fold_lora` on a copy: the original keeps its adapter."""
+    import copy
+
+    return fold_lora(copy.deepcopy(transformer))

@@ -36,6 +36,8 @@ from genrl.models.tiny_text import TinyTextEncoder, WordTokenizer
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "tiny"
 WEIGHT_FILES = ("config.json", "transformer.safetensors", "text_encoder.safetensors")
+# What `TinyShapeModel.save_pretrained` writes: diffusers / huggingface_hub folders beside genrl's config.json.
+PRETRAINED_FILES = ("config.json", "transformer/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors")
 DEFAULT_LORA_TARGETS = DEFAULT_TARGETS
 # Measured with genrl.shapeworld.pretrain --eval on the shipped weights (config.json "eval", 46 prompts x 16
 # images, 20 ODE steps): strict 0.35 without CFG, 0.43 with guidance 2. CFG doubles the cost of
@@ -108,12 +110,23 @@ def save_weights(directory: str | Path, cfg: TinyConfig, text_encoder: nn.Module
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    tmp = _temporary_sibling(directory)
     state = lambda m: {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}  # noqa: E731
     save_file(state(transformer), str(tmp / "transformer.safetensors"))
     save_file(state(text_encoder), str(tmp / "text_encoder.safetensors"))
     (tmp / "config.json").write_text(json.dumps({"model": dataclasses.asdict(cfg), **extra}, indent=1) + "\n")
+    _replace_directory(tmp, directory)
+    for f in WEIGHT_FILES:
+        os.chmod(directory / f, 0o644)
+
+
+def _temporary_sibling(directory: Path) -> Path:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+
+
+def _replace_directory(tmp: Path, directory: Path) -> None:
+    """Move the fully written `tmp` to `directory`, replacing what was there."""
     old = directory.with_name(f".{directory.name}-old")
     if old.exists():
         shutil.rmtree(old)
@@ -122,8 +135,14 @@ def save_weights(directory: str | Path, cfg: TinyConfig, text_encoder: nn.Module
     os.replace(tmp, directory)
     shutil.rmtree(old, ignore_errors=True)
     os.chmod(directory, 0o755)  # mkdtemp makes it 0700; the files ship as package data
-    for f in WEIGHT_FILES:
-        os.chmod(directory / f, 0o644)
+
+
+def weight_files(directory: str | Path) -> tuple[Path, Path, Path]:
+    """(config.json, text encoder weights, transformer weights) of either layout: the shipped
+    three files, or the folders `save_pretrained` writes."""
+    directory = Path(directory)
+    names = PRETRAINED_FILES if (directory / "transformer").is_dir() else WEIGHT_FILES
+    return directory / names[0], directory / names[2], directory / names[1]
 
 
 def read_weights(directory: str | Path) -> tuple[TinyConfig, dict, dict[str, Tensor], dict[str, Tensor]]:
@@ -131,23 +150,25 @@ def read_weights(directory: str | Path) -> tuple[TinyConfig, dict, dict[str, Ten
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    missing = [f for f in WEIGHT_FILES if not (directory / f).is_file()]
+    files = weight_files(directory)
+    missing = [str(f.relative_to(directory)) for f in files if not f.is_file()]
     if missing:
         raise ModelFilesNotFound(
-            f"tiny model weights not found in {directory}: missing {missing} (expected files: {list(WEIGHT_FILES)}); "
+            f"tiny model weights not found in {directory}: missing {missing} (expected files: {list(WEIGHT_FILES)}, "
+            f"or {list(PRETRAINED_FILES)} as save_pretrained writes them); "
             "create them with `python -m genrl.shapeworld.pretrain --out DIR` or pass pretrained=False"
         )
     try:
-        meta = json.loads((directory / "config.json").read_text())
-        cfg = TinyConfig.from_dict(meta["model"], where=str(directory / "config.json"))
+        meta = json.loads(files[0].read_text())
+        cfg = TinyConfig.from_dict(meta["model"], where=str(files[0]))
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ModelError(f"corrupt tiny model config {directory / 'config.json'}: {e!r}") from e
+        raise ModelError(f"corrupt tiny model config {files[0]}: {e!r}") from e
     states = []
-    for name in ("text_encoder.safetensors", "transformer.safetensors"):
+    for path in files[1:]:
         try:
-            states.append(load_file(str(directory / name)))
+            states.append(load_file(str(path)))
         except Exception as e:  # safetensors raises its own error types for truncated/garbled files
-            raise ModelError(f"corrupt tiny model weights {directory / name}: {e}") from e
+            raise ModelError(f"corrupt tiny model weights {path}: {e}") from e
     return cfg, meta, states[0], states[1]
 
 
@@ -214,8 +235,9 @@ class TinyShapeModel(FinetunedTransformer, ModelAdapter):
             self.text_encoder = build_text_encoder(cfg)
             self.transformer = build_transformer(cfg)
         if self.weights_path is not None:
-            _load_state(self.text_encoder, text_state, self.weights_path / "text_encoder.safetensors")
-            _load_state(self.transformer, transformer_state, self.weights_path / "transformer.safetensors")
+            _, text_file, transformer_file = weight_files(self.weights_path)
+            _load_state(self.text_encoder, text_state, text_file)
+            _load_state(self.transformer, transformer_state, transformer_file)
 
         # The text encoder is always frozen in RL; only the denoiser is fine-tuned.
         self.requires_grad_(False)
@@ -232,8 +254,16 @@ class TinyShapeModel(FinetunedTransformer, ModelAdapter):
     # --- ModelAdapter interface ------------------------------------------------------
 
     def check_prompt(self, prompt: str) -> None:
-        """Raise ValueError naming a word outside the vocabulary (checked before a run writes anything)."""
+        """Raise ValueError naming a word outside the vocabulary (checked before a run writes anything).
+
+        The shipped ShapeWorld model only learnt prompts of the ShapeWorld grammar, so with its
+        vocabulary a prompt must also parse (the error quotes the prompt and names the bad word).
+        """
         self.tokenizer.encode([prompt])
+        if self.config.vocabulary == default_vocabulary():
+            from genrl import shapeworld
+
+            shapeworld.parse(prompt)
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> TensorDict:
@@ -270,6 +300,31 @@ class TinyShapeModel(FinetunedTransformer, ModelAdapter):
 
     def decode(self, x: Tensor) -> Tensor:
         return ((x.float() + 1) / 2).clamp(0, 1)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the policy as it is now (LoRA folded into the weights) for diffusers and genrl:
+
+            DIR/transformer/    SD3Transformer2DModel.from_pretrained(DIR, subfolder="transformer")
+            DIR/text_encoder/   TinyTextEncoder.from_pretrained(DIR / "text_encoder")
+            DIR/config.json     sizes and vocabulary: genrl.models.load("tiny", weights=DIR) loads it all back
+
+        `directory` is replaced as a whole once everything is written.
+        """
+        from genrl.models.lora import merged_copy
+
+        directory = Path(directory)
+        tmp = _temporary_sibling(directory)
+        try:
+            merged_copy(self.transformer).save_pretrained(tmp / "transformer")
+            self.text_encoder.save_pretrained(tmp / "text_encoder")
+            meta = {"model": dataclasses.asdict(self.config), "source": str(self.weights_path or "random init"),
+                    "finetune": self.finetune}
+            (tmp / "config.json").write_text(json.dumps(meta, indent=1) + "\n")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _replace_directory(tmp, directory)
+        return directory
 
     def to_latent(self, images: Tensor) -> Tensor:
         """Inverse of `decode` on [0, 1] images (used by pretraining)."""

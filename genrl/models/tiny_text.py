@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
 from genrl.errors import PromptError
@@ -59,8 +60,11 @@ class WordTokenizer:
         return [" ".join(self.vocabulary[i - 1] for i in row.tolist() if i != 0) for row in ids]
 
 
-class TinyTextEncoder(nn.Module):
+class TinyTextEncoder(nn.Module, PyTorchModelHubMixin):
     """Token + learned position embeddings, a few pre-norm transformer layers.
+
+    `save_pretrained(DIR)` / `TinyTextEncoder.from_pretrained(DIR)` (huggingface_hub's mixin)
+    write and read config.json (the constructor's arguments) and model.safetensors.
 
     Padding is not masked out of the attention: the encoder then maps the
     empty prompt (all padding) to a learned "null" sequence instead of NaNs,
