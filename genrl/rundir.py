@@ -197,9 +197,6 @@ class RunDir:
         self.path = Path(path)
         self.writes = writes
 
-    def __truediv__(self, relative: str) -> Path:
-        return self.path / relative
-
     def begin(self, cfg: Config, resumed: bool, overwrite: bool, barrier: Callable[[], None]) -> tuple[Start, bool]:
         """(how the run starts, whether eval/base.json is still to be written): planned by every process
         alike (`plan_start` may refuse, before anything is written), then the directory is created (or

@@ -1,7 +1,7 @@
 """The trainer shared by every algorithm (docs/architecture.md, "One update"): collect → reward →
 advantage → training batch → objective → update → log → checkpoint. What differs between algorithms
 is asked of the algorithm; backward passes in lockstep are genrl.passes, the checkpoint's state
-genrl.train_state, the files of a run genrl.rundir, signals genrl.stopping."""
+genrl.train_state, the files of a run genrl.rundir (`self.files`), signals genrl.stopping."""
 
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ class Trainer:
         self.parts = components or build(cfg, shard=(self.dist.rank, self.dist.world), sharding=self.sharding,
                                          env_reward=False)  # the trainer scores each batch itself, once
         self.algorithm, self.objective = self.parts.algorithm, self.parts.objective
-        self.run_dir = RunDir(run_dir or cfg.run_dir or default_run_dir(cfg), writes=self.dist.is_main)
+        self.run_dir = Path(run_dir or cfg.run_dir or default_run_dir(cfg))
+        self.files = RunDir(self.run_dir, writes=self.dist.is_main)  # the run directory's one writer
         params = self.parts.adapter.trainable_parameters()
         if not params:
             raise ConfigError(f"model {cfg.model.name!r} has no trainable parameters (check model.options.finetune)")
@@ -141,15 +142,15 @@ class Trainer:
     def run(self) -> dict:
         """Train for cfg.train.updates; returns the summary (also written to RUN_DIR/summary.json)."""
         log = self.cfg.log
-        start, base_missing = self.run_dir.begin(self.cfg, self._resumed, self.overwrite, self.dist.barrier)
+        start, base_missing = self.files.begin(self.cfg, self._resumed, self.overwrite, self.dist.barrier)
         base_eval = log.eval_at_start and self.progress.update == 0 and base_missing
-        summary: dict = {"run_dir": str(self.run_dir.path), "algorithm": self.cfg.algorithm, "seed": self.cfg.seed,
+        summary: dict = {"run_dir": str(self.run_dir), "algorithm": self.cfg.algorithm, "seed": self.cfg.seed,
                          "processes": self.dist.world, "sharding": self.sharding.name if self.sharding else "none"}
         if base_eval:
             summary["base_eval"] = self.evaluate("base")
-        elif start.kind == "resume" and (base := rundir.read_json(self.run_dir / "eval/base.json")) is not None:
+        elif start.kind == "resume" and (base := rundir.read_json(self.run_dir / "eval" / "base.json")) is not None:
             summary["base_eval"] = base  # evaluated before the interruption
-        self.trackers.start(self.run_dir.path, self.cfg.to_dict(), self.progress.update, summary.get("base_eval"))
+        self.trackers.start(self.run_dir, self.cfg.to_dict(), self.progress.update, summary.get("base_eval"))
         bar = progress_bar(self.cfg.train.updates, self.progress.update, log.progress and self.dist.is_main)
         stop = False
         previous = stopping.install(self.stop)
@@ -159,14 +160,14 @@ class Trainer:
                 u = self.progress.update
                 if log.eval_every and u % log.eval_every == 0 and not self._budget_spent():
                     metrics["eval_score"] = self.evaluate(f"update_{u:06d}")["score"]
-                self.run_dir.append_metrics(metrics)
+                self.files.append_metrics(metrics)
                 for warning in self.monitor.check(metrics):
                     bar.write(f"genrl: warning: {warning}")
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", nfe=metrics["nfe"],
                                 **{k: f"{metrics[k]:.2g}" for k in ("approx_kl", "clip_frac") if k in metrics})
                 if log.sample_every and u % log.sample_every == 0:
-                    self.run_dir.write_grid(f"samples/update_{u:06d}.png", *self._last_samples, columns=self.cfg.train.group_size)
+                    self.files.write_grid(f"samples/update_{u:06d}.png", *self._last_samples, columns=self.cfg.train.group_size)
                 self.trackers.log(metrics)
                 self._check_bad_updates(metrics)
                 stop = self.stop.agreed(self.dist)
@@ -181,7 +182,7 @@ class Trainer:
         summary["final_eval"] = self.evaluate("final")
         self.trackers.finish(self.progress.update, summary["final_eval"])
         summary.update(updates=self.progress.update, nfe=self.progress.nfe, wall_s=round(self.progress.wall_s, 1))
-        self.run_dir.write_json("summary.json", summary)
+        self.files.write_json("summary.json", summary)
         self.dist.barrier()  # every process sees the run finished (the bench harness looks)
         return summary
 
@@ -199,10 +200,10 @@ class Trainer:
                 c.eval_shift_for(self.parts.adapter), c.sampling.micro_batch, self.parts.reward,
                 sampler=functools.partial(evaluation.sample_shared_out, self.dist),
             )
-        self.run_dir.write_json(f"eval/{tag}.json", result)
+        self.files.write_json(f"eval/{tag}.json", result)
         # The grid is for a look, the JSON holds every score: two images per prompt keep it fast and legible.
         keep = [i for i in range(len(prompts)) if i % c.log.eval_seeds < EVAL_GRID_SEEDS]
-        self.run_dir.write_grid(f"eval/{tag}.png", images[keep], [prompts[i] for i in keep],
+        self.files.write_grid(f"eval/{tag}.png", images[keep], [prompts[i] for i in keep],
                                 columns=min(c.log.eval_seeds, EVAL_GRID_SEEDS) * 4)
         self.dist.barrier()
         return result
@@ -214,7 +215,7 @@ class Trainer:
             raise TrainingStopped(
                 f"{self.progress.bad_in_a_row} updates in a row had a non-finite loss or gradient "
                 f"(train.max_bad_updates={self.cfg.train.max_bad_updates}); lower train.lr or check the reward. "
-                f"Metrics and the last checkpoint are in {self.run_dir.path}"
+                f"Metrics and the last checkpoint are in {self.run_dir}"
             )
 
     @property
@@ -229,7 +230,7 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         if self._checkpointed_update == self.progress.update:  # already on disk (e.g. stopped right after saving)
             return self.run_dir / "checkpoints" / f"update_{self.progress.update:06d}"
-        path = self.state.save(self.run_dir.path, self.progress, self.sharding is not None, self.dist.is_main,
+        path = self.state.save(self.run_dir, self.progress, self.sharding is not None, self.dist.is_main,
                                fixed_config(self.cfg))
         self.dist.barrier()
         self._checkpointed_update = self.progress.update
@@ -238,9 +239,9 @@ class Trainer:
     def load_checkpoint(self, path: str | Path | None = None) -> None:
         """Resume from `path`, or from the newest usable checkpoint of the run directory."""
         quiet = None if self.dist.is_main else (lambda message: None)
-        self.progress = self.state.restore(self.run_dir.path, path, self.sharding is not None, fixed_config(self.cfg), quiet)
+        self.progress = self.state.restore(self.run_dir, path, self.sharding is not None, fixed_config(self.cfg), quiet)
         self._resumed, self._checkpointed_update = True, self.progress.update
-        self.run_dir.truncate_metrics(self.progress.update)
+        self.files.truncate_metrics(self.progress.update)
         self.dist.barrier()
 
 
