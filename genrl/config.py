@@ -92,6 +92,10 @@ class LogConfig:
     eval_every: int = _field(0, "evaluate on the held-out prompts every N updates (0: only before and after)")
     eval_seeds: int = _field(4, "images per evaluation prompt (fixed seeds per prompt, see genrl.evaluation)")
     eval_at_start: bool = _field(True, "evaluate the base policy before training")
+    eval_at_end: bool = _field(True, "evaluate the trained policy after the last update (and draw base vs final)")
+    eval_cache: bool = _field(True, "reuse the base policy's evaluation from eval_cache_dir when the weights, prompts, "
+                              "seeds, steps, shift and code are unchanged (bit-identical; see genrl.eval_cache)")
+    eval_cache_dir: str | None = _field(None, "the evaluation cache; None: $GENRL_CACHE/eval, else ~/.cache/genrl/eval")
     warn_clip_frac: float = _field(0.9, "warn when clip_frac stays above this for warn_patience updates")
     warn_approx_kl: float = _field(0.05, "warn when approx_kl stays above this for warn_patience updates")
     warn_patience: int = _field(10, "consecutive out-of-range updates before the warning (reward hacking, lr too large)")
