@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-CELL_MIN = 64  # px: smaller images are enlarged by a whole factor (nearest), so 32×32 pixels stay sharp
+CELL_MIN = 64  # px: smaller images are drawn enlarged by a whole factor (nearest), so 32×32 pixels stay sharp
 CELL_MAX = 160  # px: larger images are shrunk (area average), so a grid of SD3 / FLUX images stays small
 PAD = 4  # px between the cells of a block
 BLOCK_GAP = 16  # px between blocks
@@ -55,13 +55,13 @@ class Block:
 
 
 def thumbnails(images: Tensor) -> Tensor:
-    """[N, 3, H, W] floats in [0, 1] -> [N, 3, h, w] uint8 at the size a grid shows them."""
+    """[N, 3, H, W] floats in [0, 1] -> [N, 3, h, w] uint8, shrunk to CELL_MAX px when larger.
+
+    Smaller images keep their pixels (they are enlarged when drawn), so a saved record stays small.
+    """
     x = images.detach().float().cpu().clamp(0, 1)
     longest = max(x.shape[-2:])
-    if longest < CELL_MIN:
-        factor = -(-CELL_MIN // longest)
-        x = torch.nn.functional.interpolate(x, scale_factor=factor, mode="nearest")
-    elif longest > CELL_MAX:
+    if longest > CELL_MAX:
         size = tuple(max(1, round(s * CELL_MAX / longest)) for s in x.shape[-2:])
         x = torch.nn.functional.interpolate(x, size=size, mode="area")
     return (x * 255).round().to(torch.uint8)
@@ -126,7 +126,11 @@ def render(thumbs: Tensor, blocks: Sequence[Block], title: str | None = None, bl
     from PIL import Image
 
     line = _line_height()
-    h, w = thumbs.shape[-2:]
+    pixels = thumbs.permute(0, 2, 3, 1).numpy()  # [M, h, w, 3]
+    zoom = -(-CELL_MIN // max(thumbs.shape[-2:])) if max(thumbs.shape[-2:]) < CELL_MIN else 1
+    if zoom > 1:  # whole pixels, so 32×32 images stay sharp
+        pixels = pixels.repeat(zoom, axis=1).repeat(zoom, axis=2)
+    h, w = pixels.shape[1:3]
     cell_w, cell_h = w + 2 * FRAME, h + 2 * FRAME
     captioned = any(c is not None and c.caption for b in blocks for c in b.cells)
     caption_h = line if captioned else 0
@@ -142,7 +146,6 @@ def render(thumbs: Tensor, blocks: Sequence[Block], title: str | None = None, bl
     height = top + n_rows * block_h + max(n_rows - 1, 0) * BLOCK_GAP + MARGIN
 
     canvas = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
-    pixels = thumbs.permute(0, 2, 3, 1).numpy()  # [M, h, w, 3]
     text: list[tuple[int, int, str, tuple]] = [(MARGIN, MARGIN + i * line, s, TEXT) for i, s in enumerate(title_lines)]
     for b, (block, lines) in enumerate(zip(blocks, label_lines)):
         x0 = MARGIN + (b % per_row) * (block_w + BLOCK_GAP)

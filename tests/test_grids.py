@@ -14,14 +14,20 @@ def solid_images(n: int, size: int = 32) -> torch.Tensor:
     return colors[:, :, None, None].expand(n, 3, size, size).clone()
 
 
-def test_thumbnails_enlarge_small_images_by_whole_pixels_and_shrink_large_ones():
+def test_thumbnails_keep_small_images_and_shrink_large_ones():
     x = torch.rand(2, 3, 32, 32)
     small = grids.thumbnails(x)
-    assert small.dtype == torch.uint8 and small.shape == (2, 3, 64, 64)
-    expected = (x * 255).round().to(torch.uint8).repeat_interleave(2, -1).repeat_interleave(2, -2)
-    assert torch.equal(small, expected)  # each pixel a sharp 2x2 block
+    assert small.dtype == torch.uint8 and torch.equal(small, (x * 255).round().to(torch.uint8))
     large = grids.thumbnails(torch.full((1, 3, 512, 384), 0.5))
     assert large.shape == (1, 3, grids.CELL_MAX, 120) and int(large.min()) == int(large.max()) == 128
+
+
+def test_small_images_are_drawn_enlarged_by_whole_pixels():
+    x = torch.rand(1, 3, 32, 32)
+    image = np.asarray(grids.render(grids.thumbnails(x), [grids.Block("", [grids.Cell(0)])]))
+    expected = (x[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy().repeat(2, 0).repeat(2, 1)
+    top, left = grids.MARGIN + grids.FRAME, grids.MARGIN + grids.FRAME  # no title, an empty label
+    assert np.array_equal(image[top : top + 64, left : left + 64], expected)
 
 
 def test_every_image_is_placed_whole_and_frames_follow_the_advantage_sign(tmp_path):
@@ -33,7 +39,7 @@ def test_every_image_is_placed_whole_and_frames_follow_the_advantage_sign(tmp_pa
                               torch.arange(n) // group, title="run | update 1")
     canvas = np.asarray(Image.open(path).convert("RGB"))
     thumbs = grids.thumbnails(images)
-    for i in range(n):
+    for i in range(n):  # 32x32 images are drawn 64x64
         color = thumbs[i, :, 0, 0].numpy()
         assert (canvas == color).all(-1).sum() == 64 * 64, i  # the whole thumbnail, and nowhere else
     frame_area = (64 + 2 * grids.FRAME) ** 2 - 64 * 64
