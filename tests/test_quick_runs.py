@@ -88,3 +88,13 @@ def test_help_config_shows_the_bundled_configs_values(capsys):
     assert config.Config().train.updates != bundled.train.updates  # not the dataclass default
     assert cli.main(["train", "--help-config", "train.updates=7"]) == 0
     assert any(line.split()[:2] == ["train.updates", "7"] for line in capsys.readouterr().out.splitlines())
+
+
+def test_benchmarks_always_evaluate_before_and_after():
+    from genrl.benchmarks import suite
+    from genrl.config import ConfigError
+
+    spec = suite.load_suite("smoke")
+    assert all(p.cfg.log.eval_at_start and p.cfg.log.eval_at_end for p in suite.plan_runs(spec))
+    with pytest.raises(ConfigError, match="log.eval_at_end"):
+        suite.plan_runs(spec, overrides=["log.eval_at_end=false"])
