@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -14,18 +15,15 @@ import torch
 import yaml
 from tensordict import TensorDictBase
 
-from genrl import checkpoint, evaluation, keys, rundir, sharding, stopping, tracking
+from genrl import checkpoint, eval_cache, evaluation, grids, keys, rundir, sharding, stopping, tracking
 from genrl.advantages import combine_rewards, compute_advantages, zero_std_fraction
 from genrl.build import Components, build
 from genrl.config import Config, TrainConfig
 from genrl.distributed import Dist
 from genrl.ema import ParameterEMA
-from genrl.grids import save_grid
 from genrl.policy import velocity_module
 from genrl.resume import fixed_config
 from genrl.rewards import checked_call
-
-EVAL_GRID_SEEDS = 2  # images per prompt shown in an evaluation's PNG grid
 
 
 class TrainingStopped(RuntimeError):
@@ -247,7 +245,8 @@ class Trainer:
             "peak_mem_mb": peak_memory_mb(self.cfg.device),
             "l1_rel": [round(v, 5) for v in self.dist.gather(rollout.get(keys.L1_REL)).mean(0).tolist()],
         }
-        self._last_samples = (images, prompts)
+        group = rollout.get(keys.GROUP_ID)[:, 0]
+        self._last_samples = (images, prompts, rewards, advantages[lo : lo + len(rewards)], group)  # for the sample grid
         return metrics
 
     # -- the run ---------------------------------------------------------------------------
@@ -285,7 +284,8 @@ class Trainer:
                 bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['approx_kl']:.1e}",
                                 clip=f"{metrics['clip_frac']:.2f}", nfe=metrics["nfe"])
                 if log.sample_every and u % log.sample_every == 0 and self.dist.is_main:
-                    save_grid(*self._last_samples, self.run_dir / "samples" / f"update_{u:06d}.png", columns=self.cfg.train.group_size)
+                    grids.save_samples(self.run_dir / "samples" / f"update_{u:06d}.png", *self._last_samples,
+                                       title=f"{self.run_dir.name} | update {u} | reward mean {metrics['reward_mean']:.3f}")
                 self.trackers.log(metrics)
                 self._check_bad_updates(metrics)
                 stop = self._agree_to_stop()
@@ -299,8 +299,9 @@ class Trainer:
             summary["signal"] = self._stop_signal
             self.trackers.finish(self.progress.update)
             return summary
-        summary["final_eval"] = self.evaluate("final")
-        self.trackers.finish(self.progress.update, summary["final_eval"])
+        if log.eval_at_end:
+            summary["final_eval"] = self.evaluate("final")
+        self.trackers.finish(self.progress.update, summary.get("final_eval"))
         summary.update(updates=self.progress.update, nfe=self.progress.nfe, wall_s=round(self.progress.wall_s, 1))
         if self.dist.is_main:
             rundir.write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
@@ -313,33 +314,36 @@ class Trainer:
 
     def evaluate(self, tag: str) -> dict:
         """Held-out evaluation (deterministic: fixed prompts and seeds), its images shared out
-        evenly among the processes; the main process writes it."""
-        c = self.cfg
+        evenly among the processes; the main process writes it. In a one-process run the base
+        policy's evaluation comes from the evaluation cache when it holds it (genrl.eval_cache)."""
+        c, adapter = self.cfg, self.parts.adapter
+        settings = {"prompts": list(self.parts.eval_prompts), "images_per_prompt": c.log.eval_seeds,
+                    "num_steps": c.sampling.eval_steps, "shift": c.eval_shift_for(adapter), "micro_batch": c.sampling.micro_batch}
+        context = {"model": dataclasses.asdict(c.model), "reward": dataclasses.asdict(c.reward), "device": str(c.device)}
+        cache = eval_cache.directory(c.log.eval_cache, c.log.eval_cache_dir) if tag == "base" and self.dist.world == 1 else None
+        progress = f"eval {tag}" if c.log.progress and self.dist.is_main else None
         with self.ema.applied() if self.ema is not None else contextlib.nullcontext():
-            result, images, prompts = evaluation.evaluate(
-                self.parts.adapter, self.parts.eval_prompts, c.log.eval_seeds, c.sampling.eval_steps,
-                c.eval_shift_for(self.parts.adapter), c.sampling.micro_batch, self.parts.reward,
-                sampler=self._sample_shared_out,
-            )
+            record, cached = eval_cache.cached_evaluate(cache, adapter, self.parts.reward, settings, context,
+                                                        sampler=self._sample_shared_out, progress=progress)
         if not self.dist.is_main:
             self.dist.barrier()
-            return result
+            return record.result
+        if cached:
+            print(f"genrl: the {tag} evaluation is the cached one in {cache} (log.eval_cache=false evaluates again)")
         out = self.run_dir / "eval"
-        out.mkdir(parents=True, exist_ok=True)
-        rundir.write_atomic(out / f"{tag}.json", json.dumps(result, indent=2))
-        # The grid is for a look, the JSON holds every score: two images per prompt keep it fast and legible.
-        keep = [i for i in range(len(prompts)) if i % c.log.eval_seeds < EVAL_GRID_SEEDS]
-        save_grid(images[keep], [prompts[i] for i in keep], out / f"{tag}.png",
-                  columns=min(c.log.eval_seeds, EVAL_GRID_SEEDS) * 4)
+        title = f"{self.run_dir.name} | {tag} (update {self.progress.update})"
+        evaluation.write(record, out, tag, title)
+        if tag == "final":
+            evaluation.write_comparison(out, f"{self.run_dir.name} (update {self.progress.update})")
         self.dist.barrier()
-        return result
+        return record.result
 
-    def _sample_shared_out(self, adapter, prompts: list[str], seeds: list[int], *args) -> torch.Tensor:
+    def _sample_shared_out(self, adapter, prompts: list[str], seeds: list[int], *args, **kwargs) -> torch.Tensor:
         """sample_ode with each process taking an equal slice of rows (the last row repeated to fill)."""
         n, rank, world = len(prompts), self.dist.rank, self.dist.world
         per = -(-n // world)
         rows = [min(i, n - 1) for i in range(rank * per, (rank + 1) * per)]
-        images = evaluation.sample_ode(adapter, [prompts[i] for i in rows], [seeds[i] for i in rows], *args)
+        images = evaluation.sample_ode(adapter, [prompts[i] for i in rows], [seeds[i] for i in rows], *args, **kwargs)
         return self.dist.gather(images)[:n]
 
     def _check_bad_updates(self, metrics: dict) -> None:
