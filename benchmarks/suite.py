@@ -23,7 +23,7 @@ model evaluations rather than updates, because an update of DanceGRPO trains
     dry_run_overrides: [...]    # `--dry-run` only: e.g. swap in tiny random components
 
 The harness owns the keys that make runs comparable (seed, run_dir,
-train.nfe_budget, train.updates, log.eval_every, log.eval_at_start); overriding
+train.nfe_budget, train.updates, log.eval_every, log.eval_at_start, log.eval_at_end); overriding
 them elsewhere is an error rather than a silently unequal benchmark.
 """
 
@@ -45,7 +45,8 @@ from genrl.config import ConfigError
 SUITES_DIR = Path(__file__).parent / "suites"
 SUITE_KEYS = ("name", "description", "base", "overrides", "algorithms", "seeds", "budget_nfe", "eval_every",
               "target_score", "dry_run_overrides")
-HARNESS_KEYS = ("seed", "run_dir", "train.nfe_budget", "train.updates", "log.eval_every", "log.eval_at_start")
+HARNESS_KEYS = ("seed", "run_dir", "train.nfe_budget", "train.updates", "log.eval_every", "log.eval_at_start",
+                "log.eval_at_end")
 # --dry-run: one update per run, the smallest evaluation, no sample grids; the suite adds its own on top.
 DRY_RUN_OVERRIDES = ["train.updates=1", "log.eval_seeds=1", "log.eval_every=0", "log.sample_every=0",
                      "log.checkpoint_every=1"]
@@ -187,7 +188,7 @@ def plan_runs(suite: Suite, dry_run: bool = False, overrides: list[str] | tuple 
             run_dir = (out or Path(".")) / "runs" / f"{label}__{seed}"
             data = _merge(data, {"seed": seed, "run_dir": str(run_dir),
                                  "train": {"nfe_budget": suite.budget_nfe, "updates": 1},
-                                 "log": {"eval_every": suite.eval_every, "eval_at_start": True}})
+                                 "log": {"eval_every": suite.eval_every, "eval_at_start": True, "eval_at_end": True}})
             if dry_run:
                 data = _apply(_apply(data, DRY_RUN_OVERRIDES), suite.dry_run_overrides)
             try:

@@ -19,15 +19,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from genrl.trainer import Trainer
 
     if args.help_config:
-        for key, default, help_text in config.describe():
-            print(f"{key:32s} {default:24s} {help_text}")
-        by_options: dict[type, list[str]] = {}  # the registered algorithms, by the options class of their section
-        for name in config.ALGORITHMS.names():
-            by_options.setdefault(config.ALGORITHMS.get(name).options_class, []).append(f"{name}:")
-        for options, names in by_options.items():
-            print(f"\nalgorithm sections ({', '.join(names)}) take:")
-            for key, default, help_text in config.describe(options):
-                print(f"  {key:30s} {default:24s} {help_text}")
+        _print_config_help(*config.split_config_and_overrides(args.items))
         return 0
     path, overrides = config.split_config_and_overrides(args.items)
     if _launched_here(args):
@@ -74,6 +66,29 @@ def _check_before_launch(args: argparse.Namespace, cfg) -> None:
     require_device(cfg.device)
     if not args.resume and cfg.run_dir:
         rundir.plan_start(cfg.run_dir, resumed=False, overwrite=args.overwrite)
+
+
+def _print_config_help(path: str | None, overrides: list[str]) -> None:
+    """Every config key with the value `genrl train [CONFIG] [overrides]` would use, and its help."""
+    from genrl import config
+
+    cfg = config.load(path, overrides)
+    source = path or f"the bundled {config.DEFAULT_CONFIG.name}"
+    print(f"values of {source}{' with the overrides' if overrides else ''} (key, value, help):")
+    for key, _, help_text in config.describe():
+        node = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        print(f"{key:32s} {node!r:24s} {help_text}")
+    by_options: dict[type, list[str]] = {}  # the config's algorithm sections, by the options class of each
+    for name, options in cfg.algorithms.items():
+        by_options.setdefault(type(options), []).append(name)
+    for options_class, names in by_options.items():
+        print(f"\nalgorithm sections ({', '.join(n + ':' for n in names)}), as this config sets them:")
+        print(f"  {'key':22s} " + " ".join(f"{n:18s}" for n in names) + " help")
+        for key, _, help_text in config.describe(options_class):
+            values = " ".join(f"{getattr(cfg.algorithms[n], key)!r:18s}" for n in names)
+            print(f"  {key:22s} {values} {help_text}")
 
 
 def _launched_here(args: argparse.Namespace) -> bool:
@@ -190,6 +205,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from genrl.plot import plot_runs
+
+    print(f"wrote {plot_runs(args.runs, args.out)}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from genrl.benchmarks.harness import run_suite
 
@@ -210,12 +232,13 @@ def add_launch_options(p: argparse.ArgumentParser) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genrl", description="RL for text-to-image flow models")
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval,sample,export,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,sample,export,plot,bench}")
 
     p = sub.add_parser("train", help="train a policy: genrl train [CONFIG] [dotted.key=value ...]")
     p.add_argument("items", nargs="*", help="optional config file (or bundled name), then dotted.key=value overrides")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its latest checkpoint")
-    p.add_argument("--help-config", action="store_true", help="list every config key with its default and help")
+    p.add_argument("--help-config", action="store_true",
+                   help="list every config key with the value this config (default: the bundled one) gives it, and its help")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in a run_dir that holds a previous run, deleting that run's outputs")
     add_launch_options(p)
@@ -247,6 +270,11 @@ def make_parser() -> argparse.ArgumentParser:
                    help="sd3 / flux LoRA runs: fold the adapter into the weights and write the whole transformer "
                         "(the tiny ShapeWorld model is always written whole)")
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("plot", help="plot runs' reward, held-out score, KL, clip fraction, grad norm, images/s")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (several are overlaid)")
+    p.add_argument("--out", default="curves.png", help="PNG to write")
+    p.set_defaults(fn=cmd_plot)
 
     p = sub.add_parser("bench", help="run a benchmark suite: every algorithm x seed under one budget")
     p.add_argument("suite", help="suite name (smoke, tiny, chunk-ablation, sd35m-geneval-like, flux-hps, flux-pickscore) or YAML path")

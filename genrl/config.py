@@ -96,6 +96,10 @@ class LogConfig:
     eval_at_start: bool = _field(True, "evaluate the base policy before training")
     trackers: list = _field([], "experiment trackers, e.g. [tensorboard] (also wandb, mlflow, trackio; "
                             "each needs its package): namespaced metrics, the config, the grids")
+    eval_at_end: bool = _field(True, "evaluate the trained policy after the last update (and draw base vs final)")
+    eval_cache: bool = _field(True, "reuse the base policy's evaluation from eval_cache_dir when the weights, prompts, "
+                              "seeds, steps, shift and code are unchanged (bit-identical; see genrl.eval_cache)")
+    eval_cache_dir: str | None = _field(None, "the evaluation cache; None: $GENRL_CACHE/eval, else ~/.cache/genrl/eval")
     warn_clip_frac: float = _field(0.9, "warn when clip_frac stays above this for warn_patience updates")
     warn_approx_kl: float = _field(0.05, "warn when approx_kl stays above this for warn_patience updates")
     warn_patience: int = _field(10, "consecutive out-of-range updates before the warning (reward hacking, lr too large)")

@@ -7,13 +7,16 @@ correctness, per category); other prompts by the mean of the run's reward.
 
 from __future__ import annotations
 
+import json
 import zlib
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from genrl import dynamics
+from genrl import dynamics, grids, rundir
 from genrl.models.base import ModelAdapter
 from genrl.noise import initial_noise
 from genrl.policy import fixed_shape_calls
@@ -29,8 +32,14 @@ def sample_ode(
     num_steps: int = 20,
     shift: float = 1.0,
     micro_batch: int = 16,
+    progress: str | None = None,
 ) -> Tensor:
-    """Images [N, 3, H, W] in [0, 1] for prompts[i] from initial-noise seed seeds[i], Euler ODE."""
+    """Images [N, 3, H, W] in [0, 1] for prompts[i] from initial-noise seed seeds[i], Euler ODE.
+
+    `progress`: the description of a progress bar over the steps (None: no bar).
+    """
+    from tqdm.auto import tqdm
+
     sigmas = dynamics.flow_sigmas(num_steps, shift)
     unique = sorted(set(prompts), key=list(prompts).index)
     encoded = adapter.encode(unique)
@@ -38,6 +47,7 @@ def sample_ode(
     device = next(iter(encoded.values())).device
     x = initial_noise(torch.tensor(list(seeds)), adapter.latent_shape).to(device)
     names = list(cond.keys(include_nested=True, leaves_only=True))
+    bar = tqdm(total=num_steps, desc=progress, disable=progress is None, unit="step", leave=False, dynamic_ncols=True)
     for k in range(num_steps):
         sigma = sigmas[k].expand(len(prompts)).to(device)
 
@@ -48,16 +58,18 @@ def sample_ode(
 
         v = fixed_shape_calls(call, len(prompts), micro_batch, x, sigma, *[cond.get(n) for n in names])
         x = dynamics.step("ode", x, v, sigmas[k], sigmas[k + 1]).sample
+        bar.update(1)
+    bar.close()
     return adapter.decode(x).float().clamp(0, 1)
 
 
-def sample_shared_out(dist, adapter: ModelAdapter, prompts: Sequence[str], seeds: Sequence[int], *args) -> Tensor:
+def sample_shared_out(dist, adapter: ModelAdapter, prompts: Sequence[str], seeds: Sequence[int], *args, **kwargs) -> Tensor:
     """sample_ode with each process of `dist` (genrl.distributed.Dist) taking an equal slice of rows
     (the last row repeated to fill), gathered in row order: every process calls the model equally often."""
     n, rank, world = len(prompts), dist.rank, dist.world
     per = -(-n // world)
     rows = [min(i, n - 1) for i in range(rank * per, (rank + 1) * per)]
-    images = sample_ode(adapter, [prompts[i] for i in rows], [seeds[i] for i in rows], *args)
+    images = sample_ode(adapter, [prompts[i] for i in rows], [seeds[i] for i in rows], *args, **kwargs)
     return dist.gather(images)[:n]
 
 
@@ -73,6 +85,108 @@ def evaluation_seeds(prompts: Sequence[str], images_per_prompt: int) -> tuple[li
     return repeated, [zlib.crc32(p.encode()) * 1024 + j for p in prompts for j in range(images_per_prompt)]
 
 
+GRID_SEEDS = 2  # images per prompt an evaluation grid shows: the JSON holds every score, the grid stays legible
+
+
+@dataclass(eq=False)
+class EvalRecord:
+    """One evaluation: its summary, every image's score, and the images its grid shows.
+
+    Saved beside the summary as eval/{tag}.pt (and in the base-evaluation cache), so grids
+    and the base-vs-final comparison can be drawn again without sampling.
+    """
+
+    result: dict  # {score, partial?, per_category?, per_prompt, num_steps, images_per_prompt}
+    prompts: list[str]  # the prompt of each image, [N]
+    seeds: list[int]  # the initial-noise seed of each image, [N]
+    scores: dict[str, Tensor]  # per image [N]: ShapeWorld {"strict" 0/1, "partial"}, else {"reward"}
+    shown: list[int]  # indices of the images the grid shows
+    thumbnails: Tensor  # [len(shown), 3, h, w] uint8 (grids.thumbnails)
+    images: Tensor | None = None  # [N, 3, H, W] floats in [0, 1]; not saved
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"result": self.result, "prompts": self.prompts, "seeds": self.seeds, "scores": self.scores,
+                    "shown": self.shown, "thumbnails": self.thumbnails}, tmp)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> EvalRecord:
+        return cls(**torch.load(path, weights_only=True))
+
+    def write(self, out_dir: str | Path, tag: str, title: str, comparison_title: str) -> None:
+        """`write` this record as `tag`; after the final one also the base-vs-final grid (`write_comparison`)."""
+        write(self, out_dir, tag, title)
+        if tag == "final":
+            write_comparison(out_dir, comparison_title)
+
+    def blocks(self) -> list[grids.Block]:
+        """One grid block per prompt: its shown images, each marked pass / fail (ShapeWorld) or with its reward."""
+        blocks: dict[str, grids.Block] = {}
+        for j, i in enumerate(self.shown):
+            blocks.setdefault(self.prompts[i], grids.Block(self.prompts[i])).cells.append(self.cell(i, j))
+        return list(blocks.values())
+
+    def cell(self, i: int, thumbnail: int) -> grids.Cell:
+        """Image i's grid cell, drawn from thumbnail number `thumbnail` of the grid."""
+        if "strict" in self.scores:
+            if self.scores["strict"][i] > 0:
+                return grids.Cell(thumbnail, "pass", grids.GOOD, grids.GOOD)
+            return grids.Cell(thumbnail, f"fail {float(self.scores['partial'][i]):.2f}", grids.BAD, grids.BAD)
+        return grids.Cell(thumbnail, f"{float(self.scores['reward'][i]):.3f}")
+
+    def headline(self, size: bool = True) -> str:
+        """The score in words, e.g. 'strict 0.413, partial 0.620 (46 prompts x 16 seeds)'."""
+        r = self.result
+        text = f"strict {r['score']:.3f}, partial {r['partial']:.3f}" if "partial" in r else f"score {r['score']:.3f}"
+        return f"{text} ({len(r['per_prompt'])} prompts x {r['images_per_prompt']} seeds)" if size else text
+
+    def marks(self) -> str:
+        """What a cell's caption and frame mean."""
+        if "strict" in self.scores:
+            return "green: pass (every constraint met), red: fail with its partial credit"
+        return "each image's reward"
+
+
+def evaluate_record(
+    adapter: ModelAdapter,
+    prompts: Sequence[str],
+    images_per_prompt: int = 4,
+    num_steps: int = 20,
+    shift: float = 1.0,
+    micro_batch: int = 16,
+    reward=None,
+    sampler=sample_ode,
+    progress: str | None = None,
+    shown_per_prompt: int = GRID_SEEDS,
+) -> EvalRecord:
+    """Sample and score the held-out prompts; see `EvalRecord`.
+
+    `sampler` has sample_ode's signature (the trainer passes one that shares rows out among processes).
+    """
+    repeated, seeds = evaluation_seeds(prompts, images_per_prompt)
+    images = sampler(adapter, repeated, seeds, num_steps, shift, micro_batch, progress=progress)
+    if is_shapeworld(list(prompts)):
+        from genrl.shapeworld import scoring
+
+        scores = {k: v.cpu() for k, v in scoring.score(images, repeated).items()}
+        result = scoring.summarise(scores, repeated)
+    else:
+        if reward is None:
+            raise ValueError("evaluating non-ShapeWorld prompts needs a reward")
+        values = checked_call(reward, images, repeated)
+        per_prompt = {p: float(values[[i for i, q in enumerate(repeated) if q == p]].mean()) for p in prompts}
+        result = {"score": float(values.mean()), "per_prompt": per_prompt}
+        scores = {"reward": values.cpu()}
+    result["num_steps"] = num_steps
+    result["images_per_prompt"] = images_per_prompt
+    shown = [i for i in range(len(repeated)) if i % images_per_prompt < shown_per_prompt]
+    return EvalRecord(result, repeated, seeds, scores, shown, grids.thumbnails(images[shown]), images)
+
+
 def evaluate(
     adapter: ModelAdapter,
     prompts: Sequence[str],
@@ -83,22 +197,45 @@ def evaluate(
     reward=None,
     sampler=sample_ode,
 ) -> tuple[dict, Tensor, list[str]]:
-    """({score, partial?, per_category?, per_prompt}, images, the prompt of each image).
+    """({score, partial?, per_category?, per_prompt}, images, the prompt of each image)."""
+    record = evaluate_record(adapter, prompts, images_per_prompt, num_steps, shift, micro_batch, reward, sampler)
+    return record.result, record.images, record.prompts
 
-    `sampler` has sample_ode's signature (the trainer passes one that shares rows out among processes).
-    """
-    repeated, seeds = evaluation_seeds(prompts, images_per_prompt)
-    images = sampler(adapter, repeated, seeds, num_steps, shift, micro_batch)
-    if is_shapeworld(list(prompts)):
-        from genrl import shapeworld
 
-        result = shapeworld.evaluate(images, repeated)
-    else:
-        if reward is None:
-            raise ValueError("evaluating non-ShapeWorld prompts needs a reward")
-        scores = checked_call(reward, images, repeated)
-        per_prompt = {p: float(scores[[i for i, q in enumerate(repeated) if q == p]].mean()) for p in prompts}
-        result = {"score": float(scores.mean()), "per_prompt": per_prompt}
-    result["num_steps"] = num_steps
-    result["images_per_prompt"] = images_per_prompt
-    return result, images, repeated
+def write(record: EvalRecord, out_dir: str | Path, tag: str, title: str) -> None:
+    """eval/{tag}.json (the summary), eval/{tag}.pt (the record) and eval/{tag}.png (its grid)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rundir.write_atomic(out / f"{tag}.json", json.dumps(record.result, indent=2))  # whole or not at all
+    record.save(out / f"{tag}.pt")
+    grids.save_scored(out / f"{tag}.png", record.thumbnails, record.blocks(),
+                      f"{title} | {record.headline()}\n{len(record.shown)} of {len(record.prompts)} images shown; {record.marks()}",
+                      images_per_row=8)
+
+
+def save_comparison(base: EvalRecord, final: EvalRecord, path: str | Path, title: str) -> Path | None:
+    """Base and final side by side: per prompt, the base images of the grid's seeds, then the final
+    images of the same seeds. None (nothing written) when the two share no shown image."""
+    base_index = {(base.prompts[i], base.seeds[i]): j for j, i in enumerate(base.shown)}
+    sides: dict[str, tuple[list, list]] = {}
+    for j, i in enumerate(final.shown):
+        b = base_index.get((final.prompts[i], final.seeds[i]))
+        if b is not None:
+            left, right = sides.setdefault(final.prompts[i], ([], []))
+            left.append(base.cell(base.shown[b], b))
+            right.append(final.cell(i, len(base.shown) + j))
+    if not sides:
+        return None
+    blocks = [grids.Block(prompt, [*left, None, *right]) for prompt, (left, right) in sides.items()]
+    thumbs = torch.cat([base.thumbnails, final.thumbnails])
+    heading = (f"{title} | base {base.headline(size=False)} -> final {final.headline()}\n"
+               f"per prompt: base (left) and final (right) from the same seeds; {final.marks()}")
+    return grids.save_scored(path, thumbs, blocks, heading, images_per_row=12)
+
+
+def write_comparison(out_dir: str | Path, title: str) -> Path | None:
+    """eval/base_vs_final.png from eval/base.pt and eval/final.pt, when both exist (see save_comparison)."""
+    out = Path(out_dir)
+    if not ((out / "base.pt").is_file() and (out / "final.pt").is_file()):
+        return None
+    return save_comparison(EvalRecord.load(out / "base.pt"), EvalRecord.load(out / "final.pt"), out / "base_vs_final.png", title)

@@ -34,7 +34,7 @@ from torch import Tensor
 from genrl import checkpoint
 from genrl.config import Config
 from genrl.errors import RunDirError
-from genrl.grids import save_grid
+from genrl.grids import save_grid, save_samples
 
 # What a run writes into its directory; all of it belongs to the run.
 OUTPUTS = ("config.yaml", "metrics.jsonl", "summary.json", "eval", "samples", "checkpoints")
@@ -225,3 +225,15 @@ class RunDir:
     def write_grid(self, relative: str, images: Tensor, prompts: Sequence[str], columns: int) -> None:
         if self.writes:
             save_grid(images, prompts, self.path / relative, columns=columns)
+
+    def write_samples(self, relative: str, images: Tensor, prompts: Sequence[str], rewards: Tensor, advantages: Tensor,
+                      group_id: Tensor, title: str) -> None:
+        """A rollout's final images with their prompts, rewards and advantages (grids.save_samples)."""
+        if self.writes:
+            save_samples(self.path / relative, images, prompts, rewards, advantages, group_id, title=title)
+
+    def write_eval(self, record, tag: str, title: str, comparison_title: str) -> None:
+        """eval/{tag}.{json,pt,png} of an evaluation record (genrl.evaluation.EvalRecord), and after the
+        final one eval/base_vs_final.png."""
+        if self.writes:
+            record.write(self.path / "eval", tag, title, comparison_title)

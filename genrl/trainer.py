@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tensordict import TensorDictBase
 
-from genrl import evaluation, keys, rundir, sharding, stopping, tracking
+from genrl import eval_cache, evaluation, keys, rundir, sharding, stopping, tracking
 from genrl.advantages import zero_std_fraction
 from genrl.build import Components, build
 from genrl.config import Config
@@ -29,7 +29,6 @@ from genrl.rundir import RunDir, default_run_dir
 from genrl.train_state import Progress, TrainState
 from genrl.training_batch import TrainingBatch, UpdateContext
 
-EVAL_GRID_SEEDS = 2  # images per prompt shown in an evaluation's PNG grid
 __all__ = ["StabilityMonitor", "Trainer", "TrainingStopped", "avoid_cudnn_attention", "learning_rate", "train"]
 
 
@@ -90,7 +89,7 @@ class Trainer:
         self.progress.nfe += int(self.dist.sum(self.parts.calls.take()))
         elapsed = time.perf_counter() - start
         self.progress.wall_s += elapsed
-        self._last_samples = (images, prompts)
+        self._last_samples = (images, prompts, rewards, advantages[rows], rollout.get(keys.GROUP_ID)[:, 0])  # the grid
         return {"update": self.progress.update, "reward_mean": float(all_rewards.mean()),
                 "reward_std": float(all_rewards.std(unbiased=False)), "adv_std": float(advantages.std(unbiased=False)),
                 "zero_std_frac": zero_std_fraction(all_rewards, group_id), **stats,
@@ -167,7 +166,8 @@ class Trainer:
                 bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", nfe=metrics["nfe"],
                                 **{k: f"{metrics[k]:.2g}" for k in ("approx_kl", "clip_frac") if k in metrics})
                 if log.sample_every and u % log.sample_every == 0:
-                    self.files.write_grid(f"samples/update_{u:06d}.png", *self._last_samples, columns=self.cfg.train.group_size)
+                    self.files.write_samples(f"samples/update_{u:06d}.png", *self._last_samples,
+                                             title=f"{self.run_dir.name} | update {u} | reward mean {metrics['reward_mean']:.3f}")
                 self.trackers.log(metrics)
                 self._check_bad_updates(metrics)
                 stop = self.stop.agreed(self.dist)
@@ -179,8 +179,9 @@ class Trainer:
         if stop:
             self.trackers.finish(self.progress.update)
             return summary | {"interrupted_at": self.progress.update, "signal": self.stop.signum}
-        summary["final_eval"] = self.evaluate("final")
-        self.trackers.finish(self.progress.update, summary["final_eval"])
+        if log.eval_at_end:
+            summary["final_eval"] = self.evaluate("final")
+        self.trackers.finish(self.progress.update, summary.get("final_eval"))
         summary.update(updates=self.progress.update, nfe=self.progress.nfe, wall_s=round(self.progress.wall_s, 1))
         self.files.write_json("summary.json", summary)
         self.dist.barrier()  # every process sees the run finished (the bench harness looks)
@@ -191,22 +192,21 @@ class Trainer:
         return self.progress.update >= self.cfg.train.updates or (budget is not None and self.progress.nfe >= budget)
 
     def evaluate(self, tag: str) -> dict:
-        """Held-out evaluation (deterministic: fixed prompts and seeds), its images shared out
-        evenly among the processes; the main process writes it."""
-        c = self.cfg
+        """Held-out evaluation (deterministic: fixed prompts and seeds), its images shared out evenly among the
+        processes; the main process writes it. In a one-process run the base policy's evaluation comes from
+        the evaluation cache when it holds it (genrl.eval_cache)."""
+        c, adapter, shown = self.cfg, self.parts.adapter, self.cfg.log.progress and self.dist.is_main
+        cache = eval_cache.directory(c.log.eval_cache, c.log.eval_cache_dir) if tag == "base" and self.dist.world == 1 else None
         with self.ema.applied() if self.ema is not None else contextlib.nullcontext():
-            result, images, prompts = evaluation.evaluate(
-                self.parts.adapter, self.parts.eval_prompts, c.log.eval_seeds, c.sampling.eval_steps,
-                c.eval_shift_for(self.parts.adapter), c.sampling.micro_batch, self.parts.reward,
-                sampler=functools.partial(evaluation.sample_shared_out, self.dist),
-            )
-        self.files.write_json(f"eval/{tag}.json", result)
-        # The grid is for a look, the JSON holds every score: two images per prompt keep it fast and legible.
-        keep = [i for i in range(len(prompts)) if i % c.log.eval_seeds < EVAL_GRID_SEEDS]
-        self.files.write_grid(f"eval/{tag}.png", images[keep], [prompts[i] for i in keep],
-                                columns=min(c.log.eval_seeds, EVAL_GRID_SEEDS) * 4)
+            record, cached = eval_cache.cached_evaluate(
+                cache, adapter, self.parts.reward, *eval_cache.run_settings(c, adapter, self.parts.eval_prompts),
+                sampler=functools.partial(evaluation.sample_shared_out, self.dist), progress=f"eval {tag}" if shown else None)
+        if cached and self.dist.is_main:
+            print(f"genrl: the {tag} evaluation is the cached one in {cache} (log.eval_cache=false evaluates again)")
+        name, u = self.run_dir.name, self.progress.update
+        self.files.write_eval(record, tag, f"{name} | {tag} (update {u})", f"{name} (update {u})")
         self.dist.barrier()
-        return result
+        return record.result
 
     def _check_bad_updates(self, metrics: dict) -> None:
         self.progress.bad_in_a_row = self.progress.bad_in_a_row + 1 if metrics["skipped"] > 0 else 0

@@ -77,3 +77,9 @@ def toy_overrides(prompt_file, tmp_path):
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _own_eval_cache(tmp_path, monkeypatch):
+    """Each test its own evaluation cache (genrl.eval_cache), never the user's ~/.cache."""
+    monkeypatch.setenv("GENRL_CACHE", str(tmp_path / "genrl_cache"))

@@ -77,16 +77,18 @@ def test_the_source_tree_is_found():
 # The layers of docs/architecture.md, bottom to top: a module imports its own layer or lower ones only.
 LAYERS = [
     ["genrl.config", "genrl.config_io", "genrl.errors", "genrl.registry", "genrl.keys", "genrl.dynamics", "genrl.advantages",
-     "genrl.noise", "genrl.checkpoint", "genrl.sharding", "genrl.distributed", "genrl.grids", "genrl.stopping"],
+     "genrl.noise", "genrl.checkpoint", "genrl.sharding", "genrl.distributed", "genrl.grids", "genrl.stopping",
+     "genrl.rundir", "genrl.plot"],  # a run directory's files: written by the trainer, read by evaluations and plots
     ["genrl.shapeworld"],
     ["genrl.prompts"],
     ["genrl.models"],
     ["genrl.rewards", "genrl.testing"],  # the fixtures: real adapters and rewards on random weights
     ["genrl.policy"],
-    ["genrl.loss", "genrl.objective", "genrl.training_batch", "genrl.envs", "genrl.evaluation", "genrl.shapeworld.pretrain"],
+    ["genrl.loss", "genrl.objective", "genrl.training_batch", "genrl.envs", "genrl.evaluation", "genrl.eval_cache",
+     "genrl.shapeworld.pretrain"],
     ["genrl.algorithms"],
     ["genrl.build"],
-    ["genrl.passes", "genrl.train_state", "genrl.rundir", "genrl.metrics", "genrl.ema", "genrl.resume", "genrl.launch",
+    ["genrl.passes", "genrl.train_state", "genrl.metrics", "genrl.ema", "genrl.resume", "genrl.launch",
      "genrl.tracking", "genrl.runs", "genrl.export"],
     ["genrl.trainer"],
     ["genrl.benchmarks"],

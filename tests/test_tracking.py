@@ -81,7 +81,7 @@ def test_tensorboard_holds_the_namespaced_metrics_config_and_grids(toy_overrides
     assert [(e.step, e.value) for e in events.Scalars("eval/score")] == [
         (0, pytest.approx(base["score"], rel=1e-6)), (2, pytest.approx(final["score"], rel=1e-6))]
     images = {tag: [e.step for e in events.Images(tag)] for tag in events.Tags()["images"]}
-    assert images == {"eval/base": [0], "samples/update": [1, 2], "eval/final": [2]}
+    assert images == {"eval/base": [0], "samples/update": [1, 2], "eval/final": [2], "eval/base_vs_final": [2]}
     (hparams,) = (run / "tensorboard").glob("*/hparams.yml")
     stored = yaml.safe_load(hparams.read_text())
     assert stored["train.updates"] == 2 and stored["model.name"] == "toy" and stored["log.trackers"] == '["tensorboard"]'

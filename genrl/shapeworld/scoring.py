@@ -211,7 +211,11 @@ def evaluate(images: Tensor, prompts: Sequence[str]) -> dict:
     `per_category` maps each category present to its strict mean; `per_prompt` maps each
     prompt to {"strict", "partial", "n"}, averaged over the images of that prompt.
     """
-    scores = score(images, prompts)
+    return summarise(score(images, prompts), prompts)
+
+
+def summarise(scores: dict[str, Tensor], prompts: Sequence[str]) -> dict:
+    """`evaluate`'s summary of per-image scores already computed by `score`."""
     strict, partial = scores["strict"].tolist(), scores["partial"].tolist()
     by_category: dict[str, list[float]] = defaultdict(list)
     by_prompt: dict[str, list[tuple[float, float]]] = defaultdict(list)
