@@ -192,8 +192,8 @@ def write(record: EvalRecord, out_dir: str | Path, tag: str, title: str) -> None
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{tag}.json").write_text(json.dumps(record.result, indent=2))
     record.save(out / f"{tag}.pt")
-    grids.save_scored(out / f"{tag}.png", record.thumbnails, record.blocks(),
-                      f"{title} | {record.headline()}\n{len(record.shown)} of {len(record.prompts)} images shown; {record.marks()}",
+    legend = f"{len(record.shown)} of {len(record.prompts)} images shown; {record.marks()}"
+    grids.save_scored(out / f"{tag}.png", record.thumbnails, record.blocks(), f"{title} | {record.headline()}\n{legend}",
                       images_per_row=8)
 
 
