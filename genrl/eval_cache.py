@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from genrl.evaluation import EvalRecord, evaluate_record
+from genrl.evaluation import EvalRecord, evaluate_record, sample_ode
 from genrl.prompts import is_shapeworld
 
 CACHE_ENV = "GENRL_CACHE"  # the root of genrl's caches; evaluations go under $GENRL_CACHE/eval
@@ -51,26 +51,31 @@ def run_settings(cfg, adapter, prompts) -> tuple[dict, dict]:
 
 
 def cached_evaluate(cache_dir: Path | None, adapter, reward, settings: dict, context: dict,
-                    **kwargs) -> tuple[EvalRecord, bool]:
-    """(evaluate_record(adapter, reward=reward, **settings, **kwargs), whether it came from the cache).
+                    sampler=sample_ode, progress: str | None = None) -> tuple[EvalRecord, bool]:
+    """(evaluate_record(adapter, reward=reward, **settings, ...), whether it came from the cache).
 
-    `settings` are evaluate_record's prompts, images_per_prompt, num_steps, shift and micro_batch;
-    `context` what else decides the images (model config, reward config, device).
+    `settings`: evaluate_record's keyword arguments that shape the record (prompts,
+    images_per_prompt, num_steps, shift, micro_batch, and shown_per_prompt if not the default);
+    `context`: what else decides the images (model config, reward config, device). `sampler`
+    must draw what sample_ode draws (the trainer's shares rows out among processes).
     With `cache_dir` None this is a plain evaluation.
     """
+    def evaluate() -> EvalRecord:
+        return evaluate_record(adapter, reward=reward, sampler=sampler, progress=progress, **settings)
+
     if cache_dir is None:
-        return evaluate_record(adapter, reward=reward, **settings, **kwargs), False
+        return evaluate(), False
     entry = cache_dir / f"{entry_key(adapter, reward, settings, context)}.pt"
     if entry.is_file():
         try:
             return EvalRecord.load(entry), True
         except Exception as err:  # a damaged entry is recomputed, never trusted
             warnings.warn(f"genrl: ignoring the damaged evaluation cache entry {entry}: {err}", stacklevel=2)
-    record = evaluate_record(adapter, reward=reward, **settings, **kwargs)
+    record = evaluate()
     try:
         record.save(entry)
     except OSError as err:
-        warnings.warn(f"genrl: cannot write the evaluation cache {cache_dir} ({err.strerror}); "
+        warnings.warn(f"genrl: cannot write the evaluation cache {cache_dir} ({err}); "
                       "set log.eval_cache_dir or log.eval_cache=false", stacklevel=2)
     return record, False
 

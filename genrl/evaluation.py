@@ -208,8 +208,8 @@ def write(record: EvalRecord, out_dir: str | Path, tag: str, title: str) -> None
     out.mkdir(parents=True, exist_ok=True)
     rundir.write_atomic(out / f"{tag}.json", json.dumps(record.result, indent=2))  # whole or not at all
     record.save(out / f"{tag}.pt")
-    grids.save_scored(out / f"{tag}.png", record.thumbnails, record.blocks(),
-                      f"{title} | {record.headline()}\n{len(record.shown)} of {len(record.prompts)} images shown; {record.marks()}",
+    legend = f"{len(record.shown)} of {len(record.prompts)} images shown; {record.marks()}"
+    grids.save_scored(out / f"{tag}.png", record.thumbnails, record.blocks(), f"{title} | {record.headline()}\n{legend}",
                       images_per_row=8)
 
 

@@ -89,3 +89,11 @@ def test_the_cache_directory(monkeypatch, tmp_path):
     assert eval_cache.directory(True, None) == tmp_path / "root" / "eval"
     monkeypatch.delenv("GENRL_CACHE")
     assert eval_cache.directory(True, None) == Path.home() / ".cache" / "genrl" / "eval"
+
+
+def test_an_unwritable_cache_warns_and_the_evaluation_goes_on(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a file where the cache directory should be
+    with pytest.warns(UserWarning, match="cannot write the evaluation cache"):
+        record, cached = eval_cache.cached_evaluate(blocked / "eval", ToyAdapter(), MeanBrightness(), SETTINGS, CONTEXT)
+    assert not cached and record.result["score"] >= 0

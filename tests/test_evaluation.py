@@ -68,7 +68,8 @@ def manual_record(strict: list[float], partial: list[float], seeds: list[int], p
 
 
 def test_evaluation_grid_cells_mark_pass_and_fail_with_the_partial_credit():
-    record = manual_record([1.0, 0.0, 0.0, 1.0], [1.0, 0.5, 0.0, 1.0], [1, 2, 3, 4], ["a red circle"] * 2 + ["two red circles"] * 2)
+    prompts = ["a red circle"] * 2 + ["two red circles"] * 2
+    record = manual_record([1.0, 0.0, 0.0, 1.0], [1.0, 0.5, 0.0, 1.0], [1, 2, 3, 4], prompts)
     blocks = record.blocks()
     assert [b.label for b in blocks] == ["a red circle", "two red circles"]
     cells = [c for b in blocks for c in b.cells]
@@ -81,7 +82,12 @@ def test_base_and_final_are_paired_by_prompt_and_seed(tmp_path, monkeypatch):
     base = manual_record([0.0, 0.0, 1.0, 0.0], [0.5, 0.5, 1.0, 0.5], [10, 11, 20, 21], prompts)
     final = manual_record([1.0, 0.0, 1.0, 1.0], [1.0, 0.5, 1.0, 1.0], [11, 10, 20, 99], prompts)  # seed 99: not in base
     drawn = {}
-    monkeypatch.setattr(grids, "save_scored", lambda path, thumbs, blocks, title, **kw: drawn.update(thumbs=thumbs, blocks=blocks) or path)
+
+    def capture(path, thumbs, blocks, title, **kw):
+        drawn.update(thumbs=thumbs, blocks=blocks)
+        return path
+
+    monkeypatch.setattr(grids, "save_scored", capture)
     evaluation.save_comparison(base, final, tmp_path / "c.png", "run")
     first, second = drawn["blocks"]
     # per prompt: base cells, a gap, final cells of the same seeds (final thumbnails follow base's)

@@ -10,7 +10,7 @@ from genrl import grids
 
 def solid_images(n: int, size: int = 32) -> torch.Tensor:
     """n images, each one distinct solid colour (none of them white, black-ish text or a frame colour)."""
-    colors = torch.stack([torch.tensor([(i * 37 % 200 + 30) / 255, (i * 11 % 100 + 100) / 255, (150 - i) / 255]) for i in range(n)])
+    colors = torch.tensor([[(i * 37 % 200 + 30) / 255, (i * 11 % 100 + 100) / 255, (150 - i) / 255] for i in range(n)])
     return colors[:, :, None, None].expand(n, 3, size, size).clone()
 
 
