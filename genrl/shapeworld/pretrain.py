@@ -148,7 +148,7 @@ def train(args: argparse.Namespace) -> None:
 
     previous_wall = 0.0
     if args.resume:
-        state = torch.load(args.state, weights_only=False)
+        state = torch.load(args.state, weights_only=True)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
