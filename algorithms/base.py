@@ -89,6 +89,11 @@ class Algorithm:
         """This process's rows for the objective, from its rollout [n, K] (keys.ADVANTAGE per trajectory)."""
         raise NotImplementedError(f"{type(self).__name__} must define training_batch")
 
+    def describe(self, stats: dict) -> str | None:
+        """One line printed after a run's first update, from its training batch's `stats` (the GRPO
+        family: the chunk boundaries); None prints nothing."""
+        return None
+
     def after_step(self) -> None:
         """Called after every optimizer step that was taken (not after a skipped, non-finite one)."""
 

@@ -233,6 +233,20 @@ def unit_weights(units: Units, l1_rel: Tensor, weighting: str) -> Tensor:
     return weights / weights.sum(1, keepdim=True).clamp(min=1e-12)
 
 
+def spans(assignment: Tensor) -> list[list[list[int]]]:
+    """Per trajectory, the [first, last] step of each of its units (chunk boundaries), in step order."""
+    out = []
+    for row in assignment.tolist():
+        first: dict[int, int] = {}
+        last: dict[int, int] = {}
+        for step, unit in enumerate(row):
+            if unit >= 0:
+                first.setdefault(unit, step)
+                last[unit] = step
+        out.append(sorted([first[u], last[u]] for u in first))
+    return out
+
+
 def draw_units(
     units: Units, fraction: float, generator: torch.Generator, l1_rel: Tensor | None = None, weighting: str = "uniform"
 ) -> Units:

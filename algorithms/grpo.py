@@ -63,20 +63,41 @@ class GRPO(Algorithm):
         if self.unit_combine not in ("mean", "sum"):
             raise ConfigError(f"{self.name}: units combine by 'mean' or 'sum', got {self.unit_combine!r}")
 
-    def units(self, l1_rel: Tensor, update: int, generator: torch.Generator) -> grouping.Units:
-        """Timestep grouping of this update ([N, K] L1rel of the whole batch), then the draw of a
-        fraction of units per trajectory."""
+    def partition(self, l1_rel: Tensor, update: int, generator: torch.Generator) -> grouping.Units:
+        """Timestep grouping of this update ([N, K] L1rel of the whole batch): every unit (chunk) of
+        each trajectory, before a fraction of them is drawn."""
         ctx = grouping.GroupingContext(self.stochastic_steps(), l1_rel, update, generator)
-        units = self.strategy(ctx, **self.options.grouping_options)
+        return self.strategy(ctx, **self.options.grouping_options)
+
+    def units(self, l1_rel: Tensor, update: int, generator: torch.Generator) -> grouping.Units:
+        """The partition, then the draw of a fraction of units per trajectory: what the update trains."""
         o = self.options
-        return grouping.draw_units(units, o.unit_fraction, generator, l1_rel, o.unit_weighting)
+        partition = self.partition(l1_rel, update, generator)
+        return grouping.draw_units(partition, o.unit_fraction, generator, l1_rel, o.unit_weighting)
 
     def training_batch(self, rollout: TensorDictBase, ctx: UpdateContext) -> StepRows:
-        units = self.units(ctx.gather(rollout.get(keys.L1_REL)).cpu(), ctx.update, ctx.generator)
+        o, l1_rel = self.options, ctx.gather(rollout.get(keys.L1_REL)).cpu()
+        partition = self.partition(l1_rel, ctx.update, ctx.generator)
+        units = grouping.draw_units(partition, o.unit_fraction, ctx.generator, l1_rel, o.unit_weighting)
         if units.combine not in (None, self.unit_combine):
-            raise ConfigError(f"grouping strategy {self.options.grouping!r} returned units that combine by "
+            raise ConfigError(f"grouping strategy {o.grouping!r} returned units that combine by "
                               f"{units.combine!r} but declared {self.unit_combine!r} (its `combine` option)")
-        return StepRows(rollout, units.assignment[ctx.rows], {"units_per_trajectory": units.units_per_trajectory})
+        spans = grouping.spans(partition.assignment)
+        stats = {"units_per_trajectory": units.units_per_trajectory, "chunks": spans[0],
+                 "chunks_shared": all(row == spans[0] for row in spans)}
+        return StepRows(rollout, units.assignment[ctx.rows], stats)
+
+    def describe(self, stats: dict) -> str | None:
+        """The chunks of the first update's trajectories, for the start of a run, e.g.
+        `chunk_grpo: 2 chunks of steps 0-1 | 2-3 (fixed_chunks {'sizes': [2, 2]}, the same for every trajectory)`."""
+        o = self.options
+        spans = " | ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in stats["chunks"])
+        shared = "the same for every trajectory" if stats["chunks_shared"] else "per trajectory; the first one's"
+        options = f" {o.grouping_options}" if o.grouping_options else ""
+        line = f"{self.name}: {len(stats['chunks'])} chunks of steps {spans} ({o.grouping}{options}, {shared})"
+        if o.unit_fraction < 1:
+            line += f"; {o.unit_fraction:g} of them ({o.unit_weighting} draw) trained per trajectory and update"
+        return line
 
     def make_objective(self, policy, adapter: ModelAdapter) -> GRPOLoss:
         o = self.options

@@ -49,6 +49,11 @@ def clipped_surrogate(
 class GRPOLoss(Objective):
     """Clipped GRPO loss of a flat batch of steps [S] that carry their unit index and advantage.
 
+    It also takes a whole rollout [N, K] (`env.rollout`, a torchrl collector's batch) with an
+    advantage per step ([N, K], or [N, K, 1] as torchrl's losses want it): its trained rows are
+    those with a unit ≥ 0 when it carries `unit`, else every SDE step (s > 0), each its own unit
+    (Flow-GRPO's step-level ratios).
+
     Reads the stored action and old log-prob, re-runs the actor for the new
     log-prob (and the reference for KL when β > 0), returns a TensorDict whose
     `loss_*` entries are summed by the caller and whose other entries are
@@ -85,8 +90,19 @@ class GRPOLoss(Objective):
         self.combine = combine  # how a unit's per-step log-ratios make its log-ratio
         self.reference = reference  # context manager factory giving the frozen base policy
 
+    def trained_rows(self, rollout: TensorDictBase) -> TensorDictBase:
+        """The rows [S] of a rollout [N, K] that this objective trains (see the class docstring)."""
+        k = self.tensor_keys
+        if k.unit in rollout.keys():
+            return rollout[rollout.get(k.unit) >= 0]
+        rollout = rollout.clone(False)  # the caller's rollout is not written into
+        rollout.set(k.unit, torch.arange(rollout.numel(), device=rollout.device).reshape(rollout.batch_size))
+        return rollout[rollout.get(k.scale) > 0]
+
     def forward(self, td: TensorDictBase) -> TensorDict:
         k = self.tensor_keys
+        if td.batch_dims > 1:
+            td = self.trained_rows(td)
         dist = self.actor.get_dist(td)
         new_log_prob = dist.log_prob(td.get(k.action))  # [S]
         step_log_ratio = new_log_prob - td.get(k.log_prob)
@@ -95,7 +111,8 @@ class GRPOLoss(Objective):
         num_units = len(units)
         unit_log_ratio = unit_reduce(step_log_ratio, unit, num_units, self.combine)  # [U]
         # every step of a unit carries its trajectory's advantage
-        advantage = torch.zeros(num_units, device=unit.device).scatter(0, unit, td.get(k.advantage).float())
+        step_advantage = td.get(k.advantage).float().reshape(len(unit))
+        advantage = torch.zeros(num_units, device=unit.device).scatter(0, unit, step_advantage)
         policy_loss, clipped = clipped_surrogate(unit_log_ratio, advantage, self.clip_range, self.clip_range_high)
         out = {"loss_policy": policy_loss.mean()}
         if self.beta > 0:

@@ -91,7 +91,10 @@ class VelocityModule(nn.Module):
         self.calls = calls if calls is not None else ModelCalls()
 
     def forward(self, latents: Tensor, sigma: Tensor, context: TensorDict) -> Tensor:
-        n = latents.shape[0]
+        """Rows of any batch shape (a flat batch [S], a rollout [N, K]): the latents' leading dims."""
+        latent_dims = len(self.adapter.latent_shape)
+        batch = latents.shape[:-latent_dims]
+        n = batch.numel()
         self.calls.charge(n, self.adapter.nfe_per_velocity)
         flat = context.reshape(-1) if context.batch_dims > 1 else context
         # TensorDict rows are padded with the tensors, keeping the call shape fixed.
@@ -102,10 +105,11 @@ class VelocityModule(nn.Module):
             cond = TensorDict(dict(zip(names, cond_values)), batch_size=[x.shape[0]])
             return self.adapter.velocity(x, s, cond)
 
-        return fixed_shape_calls(
-            call, n, self.micro_batch, latents.reshape(n, *latents.shape[-len(self.adapter.latent_shape):]),
+        velocity = fixed_shape_calls(
+            call, n, self.micro_batch, latents.reshape(n, *latents.shape[-latent_dims:]),
             sigma.reshape(n), *[v for _, v in items], min_calls=-(-self.calls.min_rows // self.micro_batch),
         )
+        return velocity.reshape(*batch, *velocity.shape[1:])
 
 
 class DynamicsHead(nn.Module):
@@ -128,8 +132,11 @@ class DynamicsHead(nn.Module):
         return self.sigmas[step], self.sigmas[step + 1]
 
     def forward(self, latents: Tensor, velocity: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
+        """Rows of any batch shape: `step`'s ([S], or [N, K] for a rollout); μ has the latents' shape, s the steps'."""
+        batch = step.shape
         step = step.reshape(-1).long()
-        x, v = latents.float(), velocity.float()
+        x = latents.reshape(len(step), *latents.shape[len(batch):]).float()
+        v = velocity.reshape(x.shape).float()
         sigma, sigma_next = self.step_sigmas(step)
         sde_mean, sde_std = dynamics.MEAN_STD[self.kind](x, v, sigma, sigma_next, **self.params)
         ode_mean, _ = dynamics.ode_mean_std(x, v, sigma, sigma_next)
@@ -137,11 +144,14 @@ class DynamicsHead(nn.Module):
         mask = stochastic.reshape(-1, *([1] * (x.dim() - 1)))
         loc = torch.where(mask, sde_mean, ode_mean)
         scale = torch.where(stochastic, sde_std, torch.zeros_like(sde_std))
-        return loc, scale
+        return loc.reshape(*batch, *loc.shape[1:]), scale.reshape(batch)
 
 
 class StepGaussian(Distribution):
     """N(loc, scale² I) with one scale per sample and a log-density reduced over the latent.
+
+    The batch shape is the scale's ([S] rows, or [N, K] for a whole rollout, as torchrl's losses
+    pass it); the event is one latent.
 
     `log_prob_form` names the density in dynamics.LOG_PROBS: "gaussian" (the exact one), or
     "squared_error" (Flow-GRPO's CPS form without constants, see dynamics.squared_error_log_prob).
@@ -156,17 +166,19 @@ class StepGaussian(Distribution):
     ):
         if log_prob_form not in dynamics.LOG_PROBS:
             raise ValueError(f"unknown log-prob form {log_prob_form!r}; choose one of {sorted(dynamics.LOG_PROBS)}")
-        self.loc, self.scale, self.reduce = loc, scale.reshape(loc.shape[0]), reduce
+        batch = scale.shape
+        self.loc, self.scale, self.reduce = loc, scale, reduce
         self.log_prob_form = log_prob_form
         self.seed, self.step = seed, step
-        super().__init__(batch_shape=loc.shape[:1], event_shape=loc.shape[1:], validate_args=False)
+        super().__init__(batch_shape=batch, event_shape=loc.shape[len(batch):], validate_args=False)
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
         if sample_shape or self.seed is None:
             noise = torch.randn(tuple(sample_shape) + tuple(self.loc.shape), dtype=self.loc.dtype, device=self.loc.device)
         else:
-            noise = step_noise(self.seed.reshape(-1), self.step.reshape(-1), self.loc.shape[1:], self.loc.device)
-        return self.loc + self.scale.reshape(-1, *([1] * (self.loc.dim() - 1))) * noise
+            noise = step_noise(self.seed.reshape(-1), self.step.reshape(-1), self.event_shape, self.loc.device)
+            noise = noise.reshape(self.loc.shape)
+        return self.loc + self.scale.reshape(*self.batch_shape, *([1] * len(self.event_shape))) * noise
 
     @property
     def mode(self) -> Tensor:
@@ -177,7 +189,10 @@ class StepGaussian(Distribution):
         return self.loc
 
     def log_prob(self, value: Tensor) -> Tensor:
-        return dynamics.LOG_PROBS[self.log_prob_form](value, self.loc, self.scale, self.reduce)
+        flat = (-1, *self.event_shape)
+        log_prob = dynamics.LOG_PROBS[self.log_prob_form](
+            value.reshape(flat), self.loc.reshape(flat), self.scale.reshape(-1), self.reduce)
+        return log_prob.reshape(self.batch_shape)
 
 
 def step_noise(seeds: Tensor, steps: Tensor, shape: torch.Size, device: torch.device) -> Tensor:

@@ -151,7 +151,7 @@ class Trainer:
             summary["base_eval"] = base  # evaluated before the interruption
         self.trackers.start(self.run_dir, self.cfg.to_dict(), self.progress.update, summary.get("base_eval"))
         bar = progress_bar(self.cfg.train.updates, self.progress.update, log.progress and self.dist.is_main)
-        stop = False
+        stop, first = False, self.progress.update
         previous = stopping.install(self.stop)
         try:
             while not self._budget_spent() and not stop:
@@ -160,6 +160,8 @@ class Trainer:
                 if log.eval_every and u % log.eval_every == 0 and not self._budget_spent():
                     metrics["eval_score"] = self.evaluate(f"update_{u:06d}")["score"]
                 self.files.append_metrics(metrics)
+                if u == first + 1 and self.dist.is_main and (line := self.algorithm.describe(metrics)):
+                    bar.write(f"genrl: {line}")  # e.g. the chunk boundaries, known after the first rollout
                 for warning in self.monitor.check(metrics):
                     bar.write(f"genrl: warning: {warning}")
                 bar.update(1)
