@@ -149,7 +149,7 @@ def _load_policy_model(run: str | None):
 def cmd_eval(args: argparse.Namespace) -> int:
     from genrl import evaluation
     from genrl.build import build_reward
-    from genrl.grids import save_grid
+    from genrl.grids import save_scored
     from genrl.prompts import check_prompts, numbered_prompts, prompt_checks
 
     numbered = numbered_prompts(args.prompts) if args.prompts else None
@@ -160,15 +160,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     prompts = [prompt for _, prompt in numbered]
     steps = args.steps or cfg.sampling.eval_steps
     seeds = args.seeds or cfg.log.eval_seeds  # as training evaluates, so the scores compare
-    result, images, repeated = evaluation.evaluate(
-        adapter, prompts, seeds, steps, cfg.eval_shift_for(adapter), cfg.sampling.micro_batch, reward=reward,
-    )
-    out = Path(args.out)
+    record = evaluation.evaluate_record(adapter, prompts, seeds, steps, cfg.eval_shift_for(adapter),
+                                        cfg.sampling.micro_batch, reward=reward, shown_per_prompt=seeds)
+    result, out = record.result, Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(out)
-    grid = save_grid(images, repeated, out.with_suffix(".png"), columns=seeds * 2)
+    title = f"{args.run or 'the base model'} | {record.headline()}\n{record.marks()}"  # as a run's evaluation grids
+    grid = save_scored(out.with_suffix(".png"), record.thumbnails, record.blocks(), title, images_per_row=seeds * 2)
     print(f"score {result['score']:.3f}" + (f"  partial {result['partial']:.3f}" if "partial" in result else ""))
     for cat, value in result.get("per_category", {}).items():
         print(f"  {cat:14s} {value:.3f}")

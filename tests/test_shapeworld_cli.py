@@ -108,3 +108,25 @@ def test_smoke_suite_runs_every_algorithm_and_seed(tmp_path):
     assert all(r["status"] == "finished" and r["nfe"] >= budget for r in results["runs"])
     assert "| chunk_grpo |" in (out / "table.md").read_text()
     assert (out / "score_vs_nfe.png").exists() and (out / "score_vs_wall.png").exists()
+
+
+def test_eval_grid_marks_each_image_pass_or_fail_like_a_run_s(prompt_file, tmp_path, monkeypatch):
+    from genrl import grids
+
+    drawn = {}
+    real = grids.save_scored
+
+    def spy(path, thumbs, blocks, title=None, images_per_row=8):
+        drawn.update(blocks=blocks, title=title)
+        return real(path, thumbs, blocks, title, images_per_row)
+
+    monkeypatch.setattr(grids, "save_scored", spy)
+    out = tmp_path / "e.json"
+    assert cli.main(["eval", "--prompts", str(prompt_file), "--out", str(out), "--seeds", "2", "--steps", "4"]) == 0
+    result = json.loads(out.read_text())
+    cells = [c for b in drawn["blocks"] for c in b.cells]
+    assert len(cells) == 2 * len(PROMPTS) and [b.label for b in drawn["blocks"]] == PROMPTS
+    passed = sum(c.caption == "pass" for c in cells)
+    assert passed == round(result["score"] * len(cells))
+    assert all(c.caption == "pass" or c.caption.startswith("fail ") for c in cells)
+    assert f"strict {result['score']:.3f}" in drawn["title"] and "green: pass" in drawn["title"]
