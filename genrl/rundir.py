@@ -37,7 +37,8 @@ from genrl.errors import RunDirError
 from genrl.grids import save_grid, save_samples
 
 # What a run writes into its directory; all of it belongs to the run.
-OUTPUTS = ("config.yaml", "metrics.jsonl", "summary.json", "eval", "samples", "checkpoints")
+# What a run writes into its directory (the trackers: tensorboard's event files, wandb's local copy).
+OUTPUTS = ("config.yaml", "metrics.jsonl", "summary.json", "eval", "samples", "checkpoints", "tensorboard", "wandb")
 
 
 @dataclass(frozen=True)

@@ -45,12 +45,15 @@ def test_a_rerun_of_a_run_killed_before_its_first_checkpoint_starts_clean(toy_ov
     (run / "eval" / "base.json").write_text('{"score": 9.0}')
     (run / "checkpoints").mkdir()
     (run / ".summary.json.k3j2x1").write_text("{")  # a write cut short
+    (run / "tensorboard").mkdir()  # a tracker's files (log.trackers: [tensorboard])
+    (run / "tensorboard" / "events.out.tfevents.1").write_bytes(b"old")
     assert cli.main(["train", *toy_overrides]) == 0
     assert "stopped before its first checkpoint: starting it again" in capsys.readouterr().err
     assert read_updates(run) == [1, 2]  # not [1, 1, 2]
     assert config.load(run / "config.yaml").seed == 0
     assert json.loads((run / "eval" / "base.json").read_text())["score"] != 9.0  # evaluated again
     assert not (run / ".summary.json.k3j2x1").exists()
+    assert not (run / "tensorboard").exists()  # the restarted run logged to no tracker: the old events are gone
 
 
 def test_a_directory_of_other_files_is_refused_and_overwrite_leaves_them(toy_overrides, tmp_path, capsys):
