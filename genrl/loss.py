@@ -85,6 +85,13 @@ class GRPOLoss(Objective):
         self.combine = combine  # how a unit's per-step log-ratios make its log-ratio
         self.reference = reference  # context manager factory giving the frozen base policy
 
+    @property
+    def in_keys(self) -> list:
+        """What it reads from its rows: the actor's inputs, the stored action and old log-prob, the
+        advantage and the unit (a training batch copies no more than these)."""
+        k = self.tensor_keys
+        return list(dict.fromkeys([*self.actor.in_keys, k.action, k.log_prob, k.advantage, k.unit, k.step]))
+
     def forward(self, td: TensorDictBase) -> TensorDict:
         k = self.tensor_keys
         dist = self.actor.get_dist(td)
