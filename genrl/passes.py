@@ -10,10 +10,10 @@ gradient is that of the mean over units, however the units are packed.
 
 Sharded training (genrl.sharding): a sharded model gathers its parameters collectively in
 each forward and backward, so every process must make as many passes, and as many model
-calls in each, as the busiest one. `in_lockstep` adds passes of weight 0 (a process's first
-pass again, or a stand-in row when it holds nothing of the minibatch) and gives every pass
-the row count that sets its number of model calls (`ModelCalls.lockstep`). Filler passes
-are not charged to the NFE budget.
+calls in each, as the busiest one. `in_lockstep` orders every process's passes largest first,
+adds passes of weight 0 (a process's smallest pass again, or a stand-in row when it holds
+nothing of the minibatch) and gives every pass the row count that sets its number of model
+calls (`ModelCalls.lockstep`). Filler passes are not charged to the NFE budget.
 """
 
 from __future__ import annotations
@@ -122,12 +122,14 @@ def unit_passes(rows: TensorDictBase, micro_batch: int) -> list[Pass]:
 
 
 def in_lockstep(passes: list[Pass], stand_in, dist: Dist) -> list[Pass]:
-    """`passes` padded to the busiest process's count with zero-weight fillers, each pass's
-    `min_rows` the most rows any process has in it. `stand_in()` gives a row for a process
-    that holds nothing of the minibatch."""
+    """`passes`, largest first (so that the passes of all processes line up by size), padded to the
+    busiest process's count with zero-weight fillers (its smallest pass again), each pass's `min_rows`
+    the most rows any process has in it. `stand_in()` gives a row for a process that holds nothing of
+    the minibatch."""
+    passes = sorted(passes, key=lambda p: -p.size)
     missing = dist.max(len(passes)) - len(passes)
     if missing:
-        first = passes[0] if passes else Pass(stand_in(), torch.ones(1, dtype=torch.bool), 0)
-        passes = passes + [Pass(first.source, first.mask, 0) for _ in range(missing)]
+        filler = passes[-1] if passes else Pass(stand_in(), torch.ones(1, dtype=torch.bool), 0)
+        passes = passes + [Pass(filler.source, filler.mask, 0) for _ in range(missing)]
     sizes = dist.gather(torch.tensor([[p.size for p in passes]])).amax(0).tolist()
     return [Pass(p.source, p.mask, p.units, rows) for p, rows in zip(passes, sizes)]
