@@ -10,6 +10,8 @@ squares with
 (a: a rollout row-step, with its share of decoding and scoring; b: a training row, forward and
 backward; c: what does not grow with the batch) and each shape's residual is printed: a cost that
 grows faster than rows × steps shows up as residuals that grow with the shape, largest at the corner.
+A second fit adds d·rows (decoding and scoring an image, which does not grow with K or T), whose
+residuals show how much of the first fit's misfit that term is.
 Each shape gets its own trainer; repetitions go round the shapes (A, B, C, A, B, C, ...) so that load
 on the machine spreads over all of them, and the median of each is fitted.
 
@@ -42,16 +44,18 @@ class Fit:
     c: float  # seconds
     predicted: list[float]
     residuals: list[float]  # measured − predicted
+    d: float = 0.0  # seconds per row, with `per_row`
 
 
-def fit(rows: list[int], sampled: list[int], trained: list[int], seconds: list[float]) -> Fit:
-    """Least squares of seconds ≈ a·rows·sampled + b·rows·trained + c."""
+def fit(rows: list[int], sampled: list[int], trained: list[int], seconds: list[float], per_row: bool = False) -> Fit:
+    """Least squares of seconds ≈ a·rows·sampled + b·rows·trained + c (+ d·rows with `per_row`)."""
     r, k, t = (torch.tensor(v, dtype=torch.float64) for v in (rows, sampled, trained))
-    design = torch.stack([r * k, r * t, torch.ones_like(r)], dim=1)
+    design = torch.stack([r * k, r * t, torch.ones_like(r), *([r] if per_row else [])], dim=1)
     y = torch.tensor(seconds, dtype=torch.float64)
-    a, b, c = torch.linalg.lstsq(design, y.unsqueeze(1)).solution.flatten().tolist()
-    predicted = (design @ torch.tensor([a, b, c], dtype=torch.float64)).tolist()
-    return Fit(a, b, c, predicted, [m - p for m, p in zip(seconds, predicted)])
+    coef = torch.linalg.lstsq(design, y.unsqueeze(1)).solution.flatten()
+    predicted = (design @ coef).tolist()
+    a, b, c, *d = coef.tolist()
+    return Fit(a, b, c, predicted, [m - p for m, p in zip(seconds, predicted)], d[0] if d else 0.0)
 
 
 def trainer(shape: dict, run_dir: str) -> Trainer:
@@ -81,14 +85,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     results = measure(args.repeats)
-    f = fit([r["rows"] for r in results], [r["steps"] for r in results], [r["trained"] for r in results],
-            [r["seconds"] for r in results])
-    print(f"one update, median of {args.repeats}, {torch.get_num_threads()} thread(s); fit: time = {f.a * 1e3:.3f} ms·rows·K"
-          f" + {f.b * 1e3:.3f} ms·rows·T + {f.c:.3f} s")
-    print(f"| P | G | rows | K | T | measured s | fit s | residual |\n|---|---|---|---|---|---|---|---|")
-    for r, p, e in zip(results, f.predicted, f.residuals):
+    columns = ([r["rows"] for r in results], [r["steps"] for r in results], [r["trained"] for r in results],
+               [r["seconds"] for r in results])
+    f, g = fit(*columns), fit(*columns, per_row=True)
+    print(f"one update, median of {args.repeats}, {torch.get_num_threads()} thread(s)\n"
+          f"fit:           time = {f.a * 1e3:.3f} ms·rows·K + {f.b * 1e3:.3f} ms·rows·T + {f.c:.3f} s\n"
+          f"with d·rows:   time = {g.a * 1e3:.3f} ms·rows·K + {g.b * 1e3:.3f} ms·rows·T + {g.d * 1e3:.2f} ms·rows"
+          f" + {g.c:.3f} s")
+    print("| P | G | rows | K | T | measured s | fit s | residual | residual with d·rows |\n|---|---|---|---|---|---|---|---|---|")
+    for r, p, e, e2 in zip(results, f.predicted, f.residuals, g.residuals):
         print(f"| {r['prompts']} | {r['group']} | {r['rows']} | {r['steps']} | {r['trained']} | {r['seconds']:.3f}"
-              f" | {p:.3f} | {e:+.3f} s ({e / p:+.1%}) |")
+              f" | {p:.3f} | {e:+.3f} s ({e / p:+.1%}) | {e2:+.3f} s |")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,10 @@ def test_the_fit_recovers_a_linear_cost_and_shows_a_super_linear_one_in_its_resi
     f = scaling.fit(rows, sampled, trained, linear)
     assert (f.a, f.b, f.c) == pytest.approx((1e-3, 4e-3, 0.25), rel=1e-9)
     assert max(abs(e) for e in f.residuals) < 1e-9
+    with_images = [t + 5e-3 * r for t, r in zip(linear, rows)]  # decoding and scoring: per image, not per step
+    assert max(abs(e) for e in scaling.fit(rows, sampled, trained, with_images).residuals) > 0.01
+    h = scaling.fit(rows, sampled, trained, with_images, per_row=True)
+    assert h.d == pytest.approx(5e-3, rel=1e-6) and max(abs(e) for e in h.residuals) < 1e-9
     quadratic = [t + 2e-6 * (r * k) ** 2 for t, r, k in zip(linear, rows, sampled)]
     g = scaling.fit(rows, sampled, trained, quadratic)
     corner = max(range(len(shapes)), key=lambda i: rows[i] * sampled[i])
