@@ -5,17 +5,19 @@ grouping, unit draw, clip range, β, how a unit's per-step log-ratios combine), 
 each module states; this module builds what they share:
 
 - the training batch: one row per trained (trajectory, step), its unit id unique within the
-  batch and its trajectory's advantage (`StepRows`), units drawn on the global batch;
+  batch and its trajectory's advantage (`StepRows`), units drawn on the global batch, the rows
+  copied from the rollout one backward pass at a time;
 - the objective: `genrl.loss.GRPOLoss`, the clipped surrogate over units (+ β·KL to the base).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 
 from genrl import keys
@@ -29,25 +31,37 @@ from genrl.training_batch import TrainingBatch, UpdateContext
 
 @dataclass
 class StepRows(TrainingBatch):
-    """The trained steps of a rollout, copied out of it a minibatch at a time."""
+    """The trained steps of a rollout. A minibatch's rows are an index, (trajectory, step, unit); a
+    pass's rows are copied out of the rollout when the pass runs (`gather`): only the keys the
+    objective reads, each row's per-trajectory entries (the prompt's context) indexed by trajectory
+    from where the rollout stores them once."""
 
-    rollout: TensorDictBase  # [n, K], this process's trajectories (with keys.ADVANTAGE)
+    rollout: TensorDictBase  # [n, R], this process's trajectories (with keys.ADVANTAGE)
     assignment: Tensor  # [n, K] unit index within the trajectory, −1 = not trained
     stats: dict = field(default_factory=dict)
+    in_keys: Sequence | None = None  # what the objective reads (None: every entry)
+
+    def __post_init__(self):
+        wanted = self.rollout if self.in_keys is None else self.rollout.select(*self.in_keys, strict=False)
+        self._per_step = wanted.exclude(*keys.PER_TRAJECTORY)  # [n, R]
+        self._per_trajectory = wanted.select(*keys.PER_TRAJECTORY, strict=False)[:, 0]  # [n], views
 
     def rows(self, trajectories: Tensor) -> TensorDictBase:
         row, step = (self.assignment[trajectories] >= 0).nonzero(as_tuple=True)
         traj = trajectories[row]
         unit = traj * self.assignment.shape[1] + self.assignment[traj, step]  # unique within the batch
-        steps = self.rollout[traj, step]  # [S] copies
-        steps.set(keys.UNIT, unit.to(steps.device))
-        return steps
+        return TensorDict({keys.TRAJECTORY: traj, keys.STEP: step, keys.UNIT: unit}, batch_size=[len(traj)])
+
+    def gather(self, rows: TensorDictBase) -> TensorDictBase:
+        traj, step = rows.get(keys.TRAJECTORY), rows.get(keys.STEP)  # row k of the rollout is step k
+        out = self._per_step[traj, step]  # [S] copies
+        out.update(self._per_trajectory[traj])
+        out.set(keys.UNIT, rows.get(keys.UNIT).to(out.device))
+        return out
 
     def stand_in(self) -> TensorDictBase:
-        steps = self.rollout[torch.tensor([0]), torch.tensor([0])]
-        steps.set(keys.ADVANTAGE, torch.zeros(1, device=steps.device))
-        steps.set(keys.UNIT, torch.zeros(1, dtype=torch.long, device=steps.device))
-        return steps
+        zero = torch.zeros(1, dtype=torch.long)
+        return TensorDict({keys.TRAJECTORY: zero, keys.STEP: zero, keys.UNIT: zero}, batch_size=[1])
 
 
 class GRPO(Algorithm):
@@ -76,7 +90,7 @@ class GRPO(Algorithm):
         return grouping.draw_units(partition, o.unit_fraction, generator, l1_rel, o.unit_weighting)
 
     def training_batch(self, rollout: TensorDictBase, ctx: UpdateContext) -> StepRows:
-        o, l1_rel = self.options, ctx.gather(rollout.get(keys.L1_REL)).cpu()
+        o, l1_rel = self.options, ctx.gather(rollout.get(keys.L1_REL)[:, 0]).cpu()  # [N, K], every step's
         partition = self.partition(l1_rel, ctx.update, ctx.generator)
         units = grouping.draw_units(partition, o.unit_fraction, ctx.generator, l1_rel, o.unit_weighting)
         if units.combine not in (None, self.unit_combine):
@@ -85,7 +99,7 @@ class GRPO(Algorithm):
         spans = grouping.spans(partition.assignment)
         stats = {"units_per_trajectory": units.units_per_trajectory, "chunks": spans[0],
                  "chunks_shared": all(row == spans[0] for row in spans)}
-        return StepRows(rollout, units.assignment[ctx.rows], stats)
+        return StepRows(rollout, units.assignment[ctx.rows], stats, ctx.in_keys)
 
     def describe(self, stats: dict) -> str | None:
         """The chunks of the first update's trajectories, for the start of a run, e.g.

@@ -1,6 +1,6 @@
 """Environments: the torchrl `DenoisingEnv` and the gymnasium `genrl/Denoise-v0`."""
 
-from genrl.envs.denoising import DenoisingEnv, PromptSampler, densify, initial_noise
+from genrl.envs.denoising import DenoisingEnv, PromptSampler, initial_noise, stack_steps
 
 try:  # gymnasium registration is cheap; the env itself is built lazily by gymnasium.make
     import gymnasium
@@ -10,4 +10,4 @@ try:  # gymnasium registration is cheap; the env itself is built lazily by gymna
 except ImportError:  # pragma: no cover - gymnasium is a dependency, but keep torchrl usable without it
     pass
 
-__all__ = ["DenoisingEnv", "PromptSampler", "densify", "initial_noise"]
+__all__ = ["DenoisingEnv", "PromptSampler", "initial_noise", "stack_steps"]

@@ -4,9 +4,12 @@ State x_k (latent), step k, prompt condition c; action x_{k+1}; the transition
 is x ← action; the reward is 0 until the last step, where the final latent is
 decoded and scored (when the env has a reward; a trainer may score outside).
 
-`rollout` returns the shared contract: a TensorDict [N, K] whose per-step
-entries are dense and whose per-trajectory context (prompt embeddings, group
-id, noise seed) is stored once per trajectory, a stride-0 view along K.
+`rollout` returns the shared contract: a TensorDict [N, R] whose per-step
+entries are dense, whose latents are one tensor [N, R + 1, ...] (each latent
+stored once) and whose per-trajectory context (prompt embeddings, group id,
+noise seed) is stored once per trajectory, a stride-0 view along R. The
+deterministic tail after the last stochastic step is one row (R = K without an
+SDE window): see `stack_steps`.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from typing import Callable, Sequence
 
 import torch
 from tensordict import TensorDict, TensorDictBase
+from torch import Tensor
 from torchrl.data import Bounded, Composite, Unbounded
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import step_mdp
 
-from genrl import keys
+from genrl import dynamics, keys
 from genrl.errors import ConfigError, PromptError
 from genrl.models.base import ModelAdapter
 from genrl.noise import initial_noise
@@ -110,6 +114,7 @@ class DenoisingEnv(EnvBase):
                 keys.STEP: Bounded(low=0, high=self.num_steps, shape=(n,), dtype=torch.int64),
                 keys.SIGMA: Bounded(low=0.0, high=1.0, shape=(n,), dtype=torch.float32),
                 keys.CONTEXT: context,
+                keys.L1_REL: Unbounded(shape=(n, self.num_steps), dtype=torch.float32),
                 **ids,
             },
             shape=(n,),
@@ -169,6 +174,7 @@ class DenoisingEnv(EnvBase):
                 keys.STEP: torch.zeros(n, dtype=torch.int64, device=self.device),
                 keys.SIGMA: self.sigmas[0].expand(n).clone(),
                 keys.CONTEXT: cond,
+                keys.L1_REL: torch.zeros(n, self.num_steps, device=self.device),
                 keys.GROUP_ID: torch.arange(num_prompts).repeat_interleave(g)[rows].to(self.device),
                 keys.NOISE_SEED: seeds[rows].to(self.device),
                 keys.STEP_SEED: step_seeds[rows].to(self.device),
@@ -182,6 +188,11 @@ class DenoisingEnv(EnvBase):
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         action = tensordict.get(keys.ACTION)
+        # L1rel of every step so far: the rollout keeps the whole profile even where it keeps no latents
+        l1_rel = tensordict.get(keys.L1_REL, None)
+        l1_rel = torch.zeros(action.shape[0], self.num_steps, device=self.device) if l1_rel is None else l1_rel.clone()
+        k = tensordict.get(keys.STEP).reshape(-1, 1)
+        l1_rel.scatter_(1, k, dynamics.relative_l1(tensordict.get(keys.LATENTS), action).unsqueeze(1))
         step = tensordict.get(keys.STEP) + 1
         done = (step >= self.num_steps).unsqueeze(-1)
         reward = torch.zeros(step.shape[0], 1, device=self.device)
@@ -194,6 +205,7 @@ class DenoisingEnv(EnvBase):
             keys.STEP: step,
             keys.SIGMA: self.sigmas[step.clamp(max=self.num_steps)],
             keys.CONTEXT: tensordict.get(keys.CONTEXT),
+            keys.L1_REL: l1_rel,
             keys.REWARD: reward,
             keys.DONE: done,
             keys.TERMINATED: done.clone(),
@@ -210,47 +222,95 @@ class DenoisingEnv(EnvBase):
         *,
         auto_reset: bool = True,
         tensordict: TensorDictBase | None = None,
+        keep_tail: bool = False,
         **ignored,
     ) -> TensorDictBase:
-        """A [N, K] rollout; per-trajectory context is stored once (stride-0 along K).
+        """A rollout [N, R] (see `stack_steps`): each latent stored once, per-trajectory entries once
+        (stride 0 along R), the deterministic tail after the last stochastic step as one row from its
+        first latent to the final sample, unless `keep_tail`.
 
-        torchrl's own rollout stacks every entry of every step densely, which
-        would copy the prompt embeddings K times; this loop keeps the steps as
-        a list and stacks only what changes per step.
+        torchrl's own rollout stacks every entry of every step densely, which would copy the prompt
+        embeddings K times and each latent three times (state, action, next state); this loop keeps
+        the latents and the per-step scalars, and lets go of what a step computed on the way (the
+        velocity, the mean μ_θ).
         """
         max_steps = self.num_steps if max_steps is None else max_steps
         td = self.reset() if auto_reset or tensordict is None else tensordict
-        steps = []
+        once = td.select(*_ONCE_PER_TRAJECTORY, strict=False)
+        samples, records = [td.get(keys.LATENTS)], []
         for _ in range(max_steps):
             td = policy(td) if policy is not None else self.rand_action(td)
             td = self.step(td)
-            steps.append(td)
+            samples.append(td.get((keys.NEXT, keys.LATENTS)))
+            records.append(td.exclude(*_NOT_PER_STEP))
+            once.set(keys.L1_REL, td.get((keys.NEXT, keys.L1_REL)))  # of every step so far
             if callback is not None:
                 callback(self, td)
             if bool(td.get((keys.NEXT, keys.DONE)).any()):
                 break
             td = step_mdp(td, keep_other=True, exclude_action=False)
             td = td.exclude(keys.ACTION, keys.LOC, keys.SCALE, keys.LOG_PROB, keys.VELOCITY)
-        return densify(steps)
+        return stack_steps(once, records, samples, keep_tail)
 
     @property
     def prompts(self) -> list[str]:
         return list(self.batch_prompts)
 
 
-_ONCE_PER_TRAJECTORY = (keys.CONTEXT, *_TRAJECTORY_IDS)
+_ONCE_PER_TRAJECTORY = (keys.CONTEXT, keys.L1_REL, *_TRAJECTORY_IDS)
+# Not kept per step: the latents (kept once, in `samples`), what the policy computed on the way
+# (μ_θ and v_θ are never read from a rollout: an objective re-evaluates them), per-trajectory entries.
+_NOT_PER_STEP = (keys.LATENTS, keys.ACTION, keys.LOC, keys.VELOCITY, *_ONCE_PER_TRAJECTORY,
+                 (keys.NEXT, keys.LATENTS), *[(keys.NEXT, key) for key in _ONCE_PER_TRAJECTORY])
 
 
-def densify(steps: list[TensorDictBase]) -> TensorDictBase:
-    """K step TensorDicts [N] -> dense [N, K]; per-trajectory entries as expanded views of step 0."""
-    first = steps[0]
-    k = len(steps)
-    once = first.select(*_ONCE_PER_TRAJECTORY)
-    per_step = [td.exclude(*_ONCE_PER_TRAJECTORY, keys.VELOCITY, (keys.NEXT, keys.LATENTS),
-                           *[(keys.NEXT, key) for key in _ONCE_PER_TRAJECTORY]) for td in steps]
-    out = torch.stack(per_step, dim=1)  # [N, K]
-    shared = once.unsqueeze(1).expand(*once.batch_size, k)
+def tail_start(records: list[TensorDictBase]) -> int:
+    """The first step of the deterministic tail: the steps from it to the last have scale 0 in every
+    trajectory (the ODE after an SDE window), or the last step if it is stochastic or has no scale."""
+    start = len(records)
+    while start > 0 and _deterministic(records[start - 1]):
+        start -= 1
+    return min(start, len(records) - 1)
+
+
+def _deterministic(record: TensorDictBase) -> bool:
+    scale = record.get(keys.SCALE, None)
+    return scale is not None and not bool(scale.any())
+
+
+def stack_steps(once: TensorDictBase, records: list[TensorDictBase], samples: list[Tensor],
+                keep_tail: bool = False) -> TensorDictBase:
+    """The rollout [N, R] from the per-trajectory entries `once` [N], the steps' scalars `records`
+    (K TensorDicts [N]) and the latents `samples` (x_0 … x_K, K + 1 tensors [N, ...]).
+
+    Rows 0 … T−1 are steps 0 … T−1, with T the first step of the deterministic tail (`tail_start`);
+    row T is the tail, steps T … K−1, as one row: its first step's entries (step T, σ_T, scale 0,
+    log-prob 0) and its last step's `next` (σ_K, the reward, done). Without an SDE window the
+    tail is the last step alone and R = K. The latents are one tensor x [N, R + 1, ...] holding
+    x_0 … x_T and x_K: `latents` is x[:, :-1], `action` and ("next", "latents") x[:, 1:]. The
+    tail's intermediate latents are never trained on, and are not kept.
+
+    Per-trajectory entries, L1rel [N, K] of every step among them, are stored once and seen along
+    R as stride-0 views.
+    """
+    last = len(records) - 1
+    tail = last if keep_tail else tail_start(records)
+    rows = records[:tail] + [_one_row(records[tail:])]
+    out = torch.stack(rows, dim=1)  # [N, R]
+    x = torch.stack(samples[: tail + 1] + [samples[-1]], dim=1)  # [N, R + 1, ...]
+    out.set(keys.LATENTS, x[:, :-1])
+    out.set(keys.ACTION, x[:, 1:])
+    out.set((keys.NEXT, keys.LATENTS), x[:, 1:])
+    shared = once.unsqueeze(1).expand(*once.batch_size, len(rows))
     out.update(shared)
     out.set(keys.NEXT, out.get(keys.NEXT).update(shared))
-    out.set((keys.NEXT, keys.LATENTS), out.get(keys.ACTION))
     return out
+
+
+def _one_row(steps: list[TensorDictBase]) -> TensorDictBase:
+    """Consecutive deterministic steps as one row: the first step's entries, the last step's `next`."""
+    if len(steps) == 1:
+        return steps[0]
+    row = steps[0].clone(recurse=False)
+    row.set(keys.NEXT, steps[-1].get(keys.NEXT))
+    return row

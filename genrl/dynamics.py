@@ -238,3 +238,10 @@ def kl_to_reference(mean: Tensor, ref_mean: Tensor, std: Tensor) -> Tensor:
     s = _per_sample(torch.where(stochastic, std, torch.ones_like(std)), mean)
     kl = ((mean - ref_mean) ** 2 / (2 * s**2)).mean(tuple(range(1, mean.dim())))
     return torch.where(stochastic, kl, torch.zeros_like(kl))
+
+
+def relative_l1(x: Tensor, x_next: Tensor, batch_dims: int = 1) -> Tensor:
+    """‖x_{k+1} − x_k‖₁ / ‖x_k‖₁ over the dims after the first `batch_dims`: the temporal dynamics
+    of a step (L1rel, Chunk-GRPO §3.2), which its dynamic grouping follows."""
+    dims = tuple(range(batch_dims, x.dim()))
+    return (x_next - x).abs().sum(dims) / x.abs().sum(dims).clamp(min=1e-12)

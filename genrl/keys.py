@@ -1,24 +1,28 @@
 """Every TensorDict key genrl reads or writes, named once.
 
-The rollout contract (docs/architecture.md, "The rollout") is a TensorDict of batch size [N, K]:
-N trajectories, K denoising steps. Per-step entries are dense; per-trajectory
-context (prompt embeddings, group id, noise seed) is stored once per trajectory
-and appears in the [N, K] TensorDict as a stride-0 view along K.
+The rollout contract (docs/architecture.md, "The rollout") is a TensorDict of batch size [N, R]:
+N trajectories, one row per denoising step up to the last stochastic one and one row for the
+deterministic tail after it (R = K without an SDE window). Per-step entries are dense; the latents
+(x_0 … x_{R−1} and the final sample x_K) are one tensor [N, R + 1, ...] that `latents` and `action`
+view; per-trajectory entries (prompt embeddings, group id, noise seed, L1rel) are stored once per
+trajectory and appear in the [N, R] TensorDict as stride-0 views along R: read them as
+`rollout.get(key)[:, 0]`.
 """
 
 # --- per step: state, action and dynamics -------------------------------------
-LATENTS = "latents"  # x_k                                  [N, K, C, H, W]
-STEP = "step"  # k                                          [N, K]
-SIGMA = "sigma"  # σ_k                                      [N, K]
-VELOCITY = "velocity"  # v_θ(x_k, σ_k, c)                   [N, K, C, H, W] (transient)
-LOC = "loc"  # μ_θ                                          [N, K, C, H, W]
-SCALE = "scale"  # s_k                                      [N, K]
-ACTION = "action"  # x_{k+1} ~ N(μ_θ, s_k² I)               [N, K, C, H, W]
-LOG_PROB = "log_prob"  # log π_θ_old(x_{k+1} | x_k)         [N, K]
+LATENTS = "latents"  # x_k                                  [N, R, C, H, W] (a view of x [N, R + 1])
+STEP = "step"  # k                                          [N, R]
+SIGMA = "sigma"  # σ_k                                      [N, R]
+VELOCITY = "velocity"  # v_θ(x_k, σ_k, c)                   (transient: not in a rollout)
+LOC = "loc"  # μ_θ                                          (transient: not in a rollout)
+SCALE = "scale"  # s_k                                      [N, R]
+ACTION = "action"  # x_{k+1} ~ N(μ_θ, s_k² I)               [N, R, C, H, W] (a view of x [N, R + 1]);
+#                                                             action[:, -1] is the final sample x_K
+LOG_PROB = "log_prob"  # log π_θ_old(x_{k+1} | x_k)         [N, R]
 
 # --- torchrl bookkeeping ----------------------------------------------------------
 NEXT = "next"
-REWARD = "reward"  # [N, K, 1], non-zero at the last step only
+REWARD = "reward"  # [N, R, 1], non-zero at the last row only
 DONE = "done"
 TERMINATED = "terminated"
 
@@ -31,9 +35,14 @@ NOISE_SEED = "noise_seed"  # seed of the initial noise          [N]
 STEP_SEED = "step_seed"  # seed of the per-step sampling noise   [N]
 PROMPT_INDEX = "prompt_index"  # position in the prompt set        [N]
 
+L1_REL = "l1_rel"  # ‖x_{k+1} − x_k‖₁ / ‖x_k‖₁ of every step k < K  [N, K] (seen along R)
+
 # --- set by the trainer on the rollout -------------------------------------------------
-L1_REL = "l1_rel"  # ‖x_{k+1} − x_k‖₁ / ‖x_k‖₁ (temporal dynamics) [N, K]
-ADVANTAGE = "advantage"  # group-normalised, clipped A, per trajectory [N] (seen along K)
+ADVANTAGE = "advantage"  # group-normalised, clipped A, per trajectory [N] (seen along R)
+
+# Entries stored once per trajectory (stride 0 along the rollout's rows)
+PER_TRAJECTORY = (CONTEXT, GROUP_ID, NOISE_SEED, STEP_SEED, PROMPT_INDEX, L1_REL, ADVANTAGE)
 
 # --- a training batch: rows [S] an objective reads ----------------------------------------
 UNIT = "unit"  # id of the row's optimisation unit; a unit's rows share one backward pass [S]
+TRAJECTORY = "trajectory"  # the row's trajectory: its index in this process's rollout [S]

@@ -99,6 +99,13 @@ class GRPOLoss(Objective):
         rollout.set(k.unit, torch.arange(rollout.numel(), device=rollout.device).reshape(rollout.batch_size))
         return rollout[rollout.get(k.scale) > 0]
 
+    @property
+    def in_keys(self) -> list:
+        """What it reads from its rows: the actor's inputs, the stored action and old log-prob, the
+        advantage and the unit (a training batch copies no more than these)."""
+        k = self.tensor_keys
+        return list(dict.fromkeys([*self.actor.in_keys, k.action, k.log_prob, k.advantage, k.unit, k.step]))
+
     def forward(self, td: TensorDictBase) -> TensorDict:
         k = self.tensor_keys
         if td.batch_dims > 1:

@@ -10,13 +10,14 @@ from tensordict import TensorDictBase
 
 from genrl import keys
 from genrl.config import Config, TrainConfig
+from genrl.dynamics import relative_l1
 
 
 def l1_rel(rollout: TensorDictBase) -> torch.Tensor:
-    """‖x_{k+1} − x_k‖₁ / ‖x_k‖₁ per trajectory and step, [N, K]: the temporal dynamics Chunk-GRPO groups by."""
-    x, x_next = rollout.get(keys.LATENTS), rollout.get(keys.ACTION)
-    dims = tuple(range(2, x.dim()))
-    return (x_next - x).abs().sum(dims) / x.abs().sum(dims).clamp(min=1e-12)
+    """‖x_{k+1} − x_k‖₁ / ‖x_k‖₁ per trajectory and row of `rollout` [N, K] (its latents and actions): the
+    temporal dynamics Chunk-GRPO groups by. A DenoisingEnv rollout carries it for every step as
+    `rollout.get(keys.L1_REL)[:, 0]`, computed while sampling."""
+    return relative_l1(rollout.get(keys.LATENTS), rollout.get(keys.ACTION), batch_dims=2)
 
 
 def learning_rate(train: TrainConfig, update: int) -> float:

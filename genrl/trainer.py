@@ -21,7 +21,7 @@ from genrl.config import Config
 from genrl.distributed import Dist, avoid_cudnn_attention
 from genrl.ema import ParameterEMA
 from genrl.errors import ConfigError, TrainingStopped
-from genrl.metrics import StabilityMonitor, l1_rel, learning_rate, merge_stats, peak_memory_mb, progress_bar
+from genrl.metrics import StabilityMonitor, learning_rate, merge_stats, peak_memory_mb, progress_bar
 from genrl.passes import in_lockstep, unit_passes
 from genrl.resume import fixed_config
 from genrl.rewards import score
@@ -66,9 +66,8 @@ class Trainer:
     def iteration(self) -> dict:
         start, n = time.perf_counter(), self.parts.env.batch_size[0]
         self.parts.calls.take()  # only this update's model calls are charged to it
-        with torch.no_grad():  # collect: a rollout [n, K] of this process's trajectories
+        with torch.no_grad():  # collect: a rollout [n, R] of this process's trajectories (genrl.envs.stack_steps)
             rollout = self.parts.env.rollout(policy=self.parts.policy)
-            rollout.set(keys.L1_REL, l1_rel(rollout))
             images = self.parts.adapter.decode(rollout.get(keys.ACTION)[:, -1]).float()
             prompts = [self.parts.train_prompts[i] for i in rollout.get(keys.PROMPT_INDEX)[:, 0].tolist()]
             rewards = score(self.parts.reward, images, prompts, rollout.get(keys.GROUP_ID)[:, 0],
@@ -81,7 +80,8 @@ class Trainer:
         advantages = self.algorithm.advantages(all_rewards, group_id, self.cfg.train.adv_clip)
         rows = slice(self.dist.rank * n, (self.dist.rank + 1) * n)
         rollout.set(keys.ADVANTAGE, advantages[rows].to(rollout.device)[:, None].expand(rollout.batch_size))
-        ctx = UpdateContext(self.progress.update, self.generator, rows, len(all_rewards), self.dist.gather)
+        ctx = UpdateContext(self.progress.update, self.generator, rows, len(all_rewards), self.dist.gather,
+                            getattr(self.objective, "in_keys", None))
         stats = self.optimise(self.algorithm.training_batch(rollout, ctx), group_id, group_id[rows])
         if self.ema is not None:
             self.ema.update()
@@ -96,7 +96,7 @@ class Trainer:
                 "lr": self.optimizer.param_groups[0]["lr"], "nfe": self.progress.nfe,
                 "wall_s": round(self.progress.wall_s, 3), "images_per_s": round(len(all_rewards) / elapsed, 3),
                 "peak_mem_mb": peak_memory_mb(self.cfg.device),
-                "l1_rel": [round(v, 5) for v in self.dist.gather(rollout.get(keys.L1_REL)).mean(0).tolist()]}
+                "l1_rel": [round(v, 5) for v in self.dist.gather(rollout.get(keys.L1_REL)[:, 0]).mean(0).tolist()]}
 
     def optimise(self, batch: TrainingBatch, group_id: torch.Tensor, local_groups: torch.Tensor) -> dict:
         """Minibatches of whole groups, in an order drawn on the global batch; one optimizer step each."""
@@ -110,7 +110,7 @@ class Trainer:
 
     def step(self, batch: TrainingBatch, rows: TensorDictBase) -> dict:
         """One optimizer step on a minibatch's rows: the objective's loss, a mean over all processes' units."""
-        passes = unit_passes(rows, self.cfg.sampling.micro_batch)
+        passes = unit_passes(rows, self.cfg.sampling.micro_batch)  # whole units packed into full model calls
         if self.sharding is not None:
             passes = in_lockstep(passes, batch.stand_in, self.dist)
         global_units = self.dist.sum(sum(p.units for p in passes))
@@ -118,7 +118,7 @@ class Trainer:
         parts = []
         for p in passes:
             with self.parts.calls.lockstep(p.min_rows, counted=p.units > 0):  # a filler is not work the budget pays for
-                out = self.objective(p.rows())
+                out = self.objective(batch.gather(p.rows()))
             total = sum(v for k, v in out.items() if k.startswith("loss_"))
             (total * p.units / global_units).backward()
             if p.units:

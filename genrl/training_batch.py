@@ -5,8 +5,9 @@ batch for the rows of the trajectories of each: `batch.rows(trajectories)` is a 
 [S] that the algorithm's objective reads, every row carrying `keys.UNIT` (rows of one unit
 go into one backward pass). What a row is belongs to the algorithm:
 
-- the GRPO family: one row per trained (trajectory, step), copied from the rollout when its
-  minibatch comes up (`algorithms/grpo.py`, `StepRows`);
+- the GRPO family: one row per trained (trajectory, step), an index into the rollout that is
+  copied out of it (only what the objective reads) one backward pass at a time
+  (`algorithms/grpo.py`, `StepRows`);
 - a forward-process family (DiffusionNFT, AWM): one row per (trajectory, draw of t), holding
   the final sample x₀, the re-noising t and ε, the advantage: `TrajectoryRows` below.
 
@@ -18,6 +19,7 @@ its own trajectories (`ctx.rows`): a multi-process run then trains on what one p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Callable
 
 import torch
@@ -32,6 +34,7 @@ class UpdateContext:
     rows: slice  # this process's trajectories within the global batch
     num_trajectories: int  # N of the global batch
     gather: Callable[[Tensor], Tensor] = lambda t: t  # per-trajectory tensor [n, ...] -> [N, ...] over processes
+    in_keys: Sequence | None = None  # the keys the objective reads (its `in_keys`); None: not declared
 
 
 class TrainingBatch:
@@ -42,6 +45,12 @@ class TrainingBatch:
     def rows(self, trajectories: Tensor) -> TensorDictBase:
         """The rows [S] of these trajectories (ascending local indices), each with keys.UNIT."""
         raise NotImplementedError
+
+    def gather(self, rows: TensorDictBase) -> TensorDictBase:
+        """A backward pass's rows (some of `rows(...)`) as the objective reads them, made when the pass
+        runs: rows that point into the rollout are copied out of it here, one pass at a time. By
+        default the rows themselves."""
+        return rows
 
     def stand_in(self) -> TensorDictBase:
         """A row for a process that holds nothing of a minibatch in sharded training: it runs through

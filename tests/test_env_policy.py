@@ -10,6 +10,7 @@ from torchrl.envs.utils import check_env_specs
 from conftest import TOY_PROMPTS
 from genrl import dynamics, keys
 from genrl.envs import DenoisingEnv
+from genrl.metrics import l1_rel
 from genrl.policy import fixed_shape_calls, make_policy, stochastic_steps
 from toy_adapter import ToyAdapter, TransformerToyAdapter
 
@@ -44,12 +45,70 @@ def test_rollout_contract_shapes_and_context_stored_once():
     assert torch.equal(td[keys.LATENTS][:, 1:], td[keys.ACTION][:, :-1])  # the transition is x <- action
     embeds = td[keys.CONTEXT, "prompt_embeds"]
     assert embeds.stride(1) == 0, "per-trajectory context must not be copied per step"
+    assert td[keys.L1_REL].shape == (n, K, K) and td[keys.L1_REL].stride(1) == 0  # per trajectory: every step
     assert td[keys.GROUP_ID].stride(1) == 0
     assert torch.equal(td[keys.NEXT, keys.DONE][:, -1], torch.ones(n, 1, dtype=torch.bool))
     assert not td[keys.NEXT, keys.DONE][:, :-1].any()
     assert torch.equal(td[keys.SCALE][:, -1], torch.zeros(n))  # the last step is deterministic
     assert torch.all(td[keys.SCALE][:, :-1] > 0)
     assert env.prompts[0] == env.prompts[1] == env.prompts[2]  # G copies of each prompt
+
+
+def storages(td):
+    """The distinct storages behind a TensorDict's tensors, and their bytes (a view costs nothing)."""
+    seen = {}
+    for value in td.values(include_nested=True, leaves_only=True):
+        seen[value.untyped_storage().data_ptr()] = value.untyped_storage().nbytes()
+    return seen
+
+
+def test_each_latent_is_stored_once_and_nothing_the_objective_does_not_read():
+    env, policy = make()
+    with torch.no_grad():
+        td = env.rollout(policy=policy)
+    x = td[keys.LATENTS]
+    assert x.untyped_storage().data_ptr() == td[keys.ACTION].untyped_storage().data_ptr() == td[keys.NEXT, keys.LATENTS].untyped_storage().data_ptr()
+    assert x.untyped_storage().nbytes() == td.batch_size[0] * (K + 1) * x[0, 0].numel() * 4  # x_0 … x_K, once
+    assert keys.LOC not in td.keys() and keys.VELOCITY not in td.keys()  # μ_θ, v_θ: re-evaluated by objectives
+    latent_bytes = td.batch_size[0] * (K + 1) * x[0, 0].numel() * 4
+    context_bytes = td[keys.CONTEXT, "prompt_embeds"][:, 0].numel() * 4
+    assert sum(storages(td).values()) <= 1.1 * (latent_bytes + context_bytes)
+
+
+def test_the_deterministic_tail_is_one_row_from_its_first_latent_to_the_final_sample():
+    """SDE on steps 1-2 of 7 (ODE before and after): rows 0-2 are steps 0-2, row 3 the tail, steps 3-6.
+    What is kept is the full rollout's (`keep_tail=True`) exactly: the trained steps, the final sample,
+    its reward, L1rel of every step."""
+    k, adapter = 7, ToyAdapter()
+    sigmas = dynamics.flow_sigmas(k)
+    policy = make_policy(adapter, sigmas, stochastic_steps(k, [1, 2]), "flow_sde", micro_batch=4, a=0.7)
+    env = lambda: DenoisingEnv(adapter, TOY_PROMPTS, sigmas, group_size=2, prompts_per_batch=2, seed=3,  # noqa: E731
+                               reward=lambda images, prompts: images.mean((1, 2, 3)))
+    with torch.no_grad():
+        td, full = env().rollout(policy=policy), env().rollout(policy=policy, keep_tail=True)
+    assert td.batch_size == (4, 4) and full.batch_size == (4, k)
+    assert td[keys.STEP][0].tolist() == [0, 1, 2, 3] and td[keys.NEXT, keys.STEP][0].tolist() == [1, 2, 3, k]
+    assert td[keys.LATENTS].untyped_storage().nbytes() == 4 * 5 * 3 * 8 * 8 * 4  # x_0 … x_3 and x_7
+    assert torch.equal(td[keys.ACTION][:, -1], full[keys.ACTION][:, -1])  # the final sample
+    assert torch.equal(td[keys.LATENTS], full[keys.LATENTS][:, :4])
+    for key in (keys.LOG_PROB, keys.SCALE, keys.SIGMA):
+        assert torch.equal(td[key][:, :3], full[key][:, :3])
+    assert torch.equal(td[keys.SCALE][:, 3], torch.zeros(4)) and torch.equal(td[keys.LOG_PROB][:, 3], torch.zeros(4))
+    assert torch.equal(td[keys.NEXT, keys.REWARD], torch.cat([torch.zeros(4, 3, 1), full[keys.NEXT, keys.REWARD][:, -1:]], 1))
+    assert td[keys.NEXT, keys.DONE][:, -1].all() and not td[keys.NEXT, keys.DONE][:, :-1].any()
+    assert torch.equal(td[keys.L1_REL][:, 0], l1_rel(full))  # [N, K]: every step, as computed from all latents
+    assert td[keys.L1_REL].stride(1) == 0 and (td[keys.L1_REL][:, 0] > 0).all()
+
+
+def test_an_all_ode_rollout_keeps_its_first_and_final_latents_only():
+    k, adapter = 5, ToyAdapter()
+    sigmas = dynamics.flow_sigmas(k)
+    policy = make_policy(adapter, sigmas, torch.zeros(k, dtype=torch.bool), "flow_sde", micro_batch=4, a=0.7)
+    with torch.no_grad():
+        td = DenoisingEnv(adapter, TOY_PROMPTS, sigmas, group_size=2, prompts_per_batch=1).rollout(policy=policy)
+    assert td.batch_size == (2, 1)
+    assert td[keys.ACTION][:, -1].shape == (2, 3, 8, 8) and td[keys.CONTEXT][:, 0].batch_size == (2,)
+    assert td[keys.L1_REL][:, 0].shape == (2, k)
 
 
 def test_shared_noise_shares_initial_latents_within_groups_only():

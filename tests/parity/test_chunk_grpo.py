@@ -15,7 +15,7 @@ from genrl.advantages import compute_advantages
 from genrl.algorithms import grouping
 from genrl.build import build_algorithm
 from genrl.loss import clipped_surrogate, unit_reduce
-from genrl.trainer import l1_rel
+from genrl.metrics import l1_rel
 
 from . import reference as ref
 from .conftest import TOL

@@ -32,15 +32,15 @@ def build_toy(algorithm: str, tmp_path, **section):
 
 
 def stochastic_steps_and_velocity(parts):
-    """The rollout's stochastic steps, flat, and the velocity there (re-run with the same weights)."""
+    """The rollout's stochastic steps, flat, with the velocity and mean μ_θ there (re-run with the same weights)."""
     with torch.no_grad():
         td = parts.env.rollout(policy=parts.policy)  # [N, K]
         steps = td[:, :-1].reshape(-1)
-        v = mean_module(parts.policy)(steps.clone()).get(keys.VELOCITY)
+        steps.update(mean_module(parts.policy)(steps.clone()).select(keys.VELOCITY, keys.LOC))
     x, x_next = steps.get(keys.LATENTS).double(), steps.get(keys.ACTION).double()
     sigma = parts.sigmas.double()[steps.get(keys.STEP)]
     sigma_next = parts.sigmas.double()[steps.get(keys.STEP) + 1]
-    return steps, x, v.double(), x_next, sigma, sigma_next
+    return steps, x, steps.get(keys.VELOCITY).double(), x_next, sigma, sigma_next
 
 
 def reference_step(algorithm, parts, x, v, x_next, sigma, sigma_next):

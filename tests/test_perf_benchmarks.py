@@ -1,0 +1,72 @@
+"""The performance benchmarks' own code (no timing asserted): the scaling fit on synthetic times, the
+storage count of the memory benchmark, and the byte bounds at the FLUX suite's shapes, which are
+counts of bytes, not timings."""
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from genrl.benchmarks import memory, packing, scaling
+
+
+def test_the_fit_recovers_a_linear_cost_and_shows_a_super_linear_one_in_its_residuals():
+    shapes = scaling.SHAPES
+    rows = [s["prompts"] * s["group"] for s in shapes]
+    sampled, trained = [s["steps"] for s in shapes], [s["trained"] for s in shapes]
+    linear = [1e-3 * r * k + 4e-3 * r * t + 0.25 for r, k, t in zip(rows, sampled, trained)]
+    f = scaling.fit(rows, sampled, trained, linear)
+    assert (f.a, f.b, f.c) == pytest.approx((1e-3, 4e-3, 0.25), rel=1e-9)
+    assert max(abs(e) for e in f.residuals) < 1e-9
+    with_images = [t + 5e-3 * r for t, r in zip(linear, rows)]  # decoding and scoring: per image, not per step
+    assert max(abs(e) for e in scaling.fit(rows, sampled, trained, with_images).residuals) > 0.01
+    h = scaling.fit(rows, sampled, trained, with_images, per_row=True)
+    assert h.d == pytest.approx(5e-3, rel=1e-6) and max(abs(e) for e in h.residuals) < 1e-9
+    quadratic = [t + 2e-6 * (r * k) ** 2 for t, r, k in zip(linear, rows, sampled)]
+    g = scaling.fit(rows, sampled, trained, quadratic)
+    corner = max(range(len(shapes)), key=lambda i: rows[i] * sampled[i])
+    assert max(abs(e) for e in g.residuals) > 0.2 and g.residuals[corner] > 0.2  # the corner sits above the line
+
+
+def test_storage_bytes_count_a_tensors_views_once():
+    x = torch.zeros(4, 6, 3)
+    td = TensorDict({"latents": x[:, :-1], "action": x[:, 1:], "scale": torch.zeros(4, 5)}, batch_size=[4, 5])
+    assert memory.storage_bytes([td]) == x.numel() * 4 + 4 * 5 * 4
+
+
+def test_the_previous_rule_closed_a_pass_before_it_would_exceed_the_micro_batch():
+    assert packing.previous_rule([2, 7, 3, 1, 4], 4) == [2, 7, 4, 4]
+
+
+def test_at_the_flux_suites_shapes_the_rollout_and_a_minibatch_stay_near_their_minimum():
+    r = memory.computed("flux-hps", "chunk_grpo")
+    assert (r["trajectories"], r["K"], r["rows"]) == (192, 17, 17)
+    assert r["rollout"] <= 1.1 * r["rollout_minimum"] and r["rollout_before"] > 2 * r["rollout_minimum"]
+    assert r["minibatch_peak"] <= 1.2 * r["minibatch_need"] < r["minibatch_before"]
+
+
+def test_the_gpu_update_loads_its_random_weight_folders_and_times_every_phase(monkeypatch):
+    """benchmarks/gpu_update.py's GPU path on the CPU at toy sizes: the folders it writes load through the
+    `sd3` adapter and the `clip_score` reward, one update runs, and every phase is timed and counted."""
+    from genrl.benchmarks import gpu_update
+
+    monkeypatch.setattr(gpu_update, "SD35M", dict(
+        sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=1, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32,
+        pos_embed_max_size=8, dual_attention_layers=(0,), qk_norm="rms_norm"))
+    monkeypatch.setattr(gpu_update, "SD35_VAE", dict(gpu_update.SD35_VAE, block_out_channels=(8, 8, 8, 8),
+                                                     layers_per_block=1, norm_num_groups=4))
+    monkeypatch.setattr(gpu_update, "TEXT_ENCODERS", dict(
+        clip_l=dict(hidden=8, layers=2, heads=2, projection=8), clip_g=dict(hidden=24, layers=2, heads=2, projection=24),
+        t5=dict(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)))
+    monkeypatch.setattr(gpu_update, "CLIP_L", dict(vision=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                                               num_attention_heads=2, image_size=32, patch_size=8),
+                                                   text=dict(hidden=16, layers=1, heads=2), projection=16))
+    overrides = ["model.options.resolution=64", "model.options.dtype=fp32", "train.group_size=2", "sampling.micro_batch=2"]
+    r = gpu_update.measure(dry_run=False, prompts=2, updates=1, device="cpu", overrides=overrides)
+    assert r["model"] == "sd3" and r["images_per_update"] == 4 and r["loss_finite"]
+    phases = r["phases"]
+    assert all(phases[name]["seconds"] > 0 for name in ("rollout", "decode", "reward", "training"))
+    assert phases["rollout"]["nfe"] == 4 * 10 * 2  # 4 images × 10 steps × CFG
+    assert phases["training"]["nfe"] == 4 * 9 * 2 * 2  # 9 trained steps each, CFG, the policy and its KL reference
+    assert r["gflops_per_row"]["forward_backward"] > r["gflops_per_row"]["forward"] > 0
+    assert phases["training"]["tflops_per_s"] > 0 and phases["rollout"]["mfu"] is None  # no peak known on a CPU
