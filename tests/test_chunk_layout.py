@@ -40,7 +40,9 @@ def test_the_line_says_when_chunks_differ_per_trajectory_and_only_a_fraction_is_
 def test_the_logged_chunks_are_the_partition_the_update_drew_from():
     """`training_batch` draws from the partition it logs, consuming the run's generator exactly as
     `units` does, so logging the chunks changes nothing that is trained."""
-    algorithm = build_algorithm(config.load(overrides=["chunk_grpo.sde_window=[0, 8]", "chunk_grpo.unit_fraction=0.5"]))
+    algorithm = build_algorithm(config.load(overrides=["chunk_grpo.sde_window=[0, 8]", "chunk_grpo.unit_fraction=0.5",
+                                                       "chunk_grpo.grouping=fixed_chunks",
+                                                       "chunk_grpo.grouping_options={sizes: [2, 3, 4, 7]}"]))
     l1_rel = torch.linspace(0.8, 0.2, 10) + 0.01 * torch.rand(6, 10, generator=torch.Generator().manual_seed(0))
     a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     partition = algorithm.partition(l1_rel, 0, a)
@@ -49,3 +51,16 @@ def test_the_logged_chunks_are_the_partition_the_update_drew_from():
     assert grouping.spans(partition.assignment)[0] == [[0, 0], [1, 1], [2, 3], [4, 7]]  # [2, 3, 4, 7] scaled to 8 steps
     trained = grouping.spans(drawn.assignment)
     assert all(len(row) == 2 and all(span in grouping.spans(partition.assignment)[0] for span in row) for row in trained)
+
+
+def test_the_main_job_trains_two_chunks_of_two_steps():
+    """`genrl train`'s default: Chunk-GRPO on the 4-step window in chunks 0-1 | 2-3 (dynamic_chunks on
+    ShapeWorld's L1rel profile, about 0.80, 0.80, 0.58, 0.51 on the trained steps), every chunk trained."""
+    cfg = config.load()
+    assert cfg.algorithm == "chunk_grpo" and cfg.algo.grouping == "dynamic_chunks"
+    algorithm = build_algorithm(cfg)
+    n, k = cfg.train.prompts_per_update * cfg.train.group_size, cfg.sampling.num_steps
+    profile = torch.tensor([0.81, 0.79, 0.58, 0.51, 0.45, 0.40, 0.36, 0.33, 0.31, 0.30])
+    l1_rel = profile + 0.005 * torch.rand(n, k, generator=torch.Generator().manual_seed(0))
+    units = algorithm.units(l1_rel, 0, torch.Generator().manual_seed(1))
+    assert grouping.spans(units.assignment) == [[[0, 1], [2, 3]]] * n

@@ -8,7 +8,7 @@ from genrl.config import ConfigError
 
 def test_defaults_load_and_algorithm_defaults_apply():
     cfg = config.load()
-    assert cfg.algorithm == "chunk_grpo" and cfg.algo.grouping == "fixed_chunks" and cfg.algo.shared_noise
+    assert cfg.algorithm == "chunk_grpo" and cfg.algo.grouping == "dynamic_chunks" and cfg.algo.shared_noise
     dance = config.load(overrides=["algorithm=dance_grpo"])
     assert dance.algo.dynamics == "dance_sde" and dance.effective_shift == 3.0 and dance.algo.grouping_options == {"fraction": 0.6}
     flow = config.load(overrides=["algorithm=flow_grpo", "flow_grpo.sde_window=[2, 3]"])
