@@ -37,3 +37,7 @@ ADVANTAGE = "advantage"  # group-normalised, clipped A, per trajectory [N] (seen
 
 # --- a training batch: rows [S] an objective reads ----------------------------------------
 UNIT = "unit"  # id of the row's optimisation unit; a unit's rows share one backward pass [S]
+# a forward-process family's rows (algorithms/forward_process.py): a final sample re-noised at t
+SAMPLE = "sample"  # x₀, the trajectory's final sample            [S, C, H, W]
+TIME = "t"  # the re-noising level t, a σ of the rollout's grid   [S]
+EPS_SEED = "eps_seed"  # seed of the re-noising noise ε ~ N(0, I) [S]
