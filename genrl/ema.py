@@ -4,6 +4,9 @@ GRPO's updates are noisy: the policy after the last update is one draw around wh
 heading. The average over the last ~1/(1 - decay) updates is what the run evaluates, checkpoints
 beside the live weights, and what `genrl eval RUN_DIR` / `genrl sample RUN_DIR` load. Rollouts
 always use the live weights (the optimiser's policy), so the average does not change training.
+
+The same class keeps an algorithm's "old" policy (DiffusionNFT's sampler, AWM's KL anchor), whose
+decay follows a schedule: `update(decay)` with each update's own.
 """
 
 from __future__ import annotations
