@@ -184,7 +184,9 @@ class ForwardProcess(Algorithm):
         self.old.update(min(o.old_decay_rate * self.steps, o.old_decay_max))
 
     def state_dict(self) -> dict:
-        return {"old": dict(self.old.average), "steps": self.steps}
+        # sharded tensors as they are (the checkpoint gathers them whole), the others copied to the CPU
+        old = {k: v if sharding.is_sharded(v) else v.detach().cpu() for k, v in self.old.average.items()}
+        return {"old": old, "steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.old.load(sharding.shard_like(state["old"], self.old.adapter))
