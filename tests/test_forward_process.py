@@ -152,6 +152,12 @@ def test_bad_values_are_errors_naming_the_key(override, key, toy_overrides):
         config.load(overrides=toy_overrides + [f"algorithm={algorithm}", override])
 
 
+def test_a_zero_advantage_clip_is_refused_at_load(toy_overrides):
+    """Â = clip(A, ±c) / c: c = 0 would divide by zero (and gives the GRPO family nothing to train on)."""
+    with pytest.raises(config.ConfigError, match=r"^train.adv_clip=0.0 is not allowed: expected a positive float"):
+        config.load(overrides=toy_overrides + ["algorithm=diffusion_nft", "train.adv_clip=0"])
+
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_the_shapeworld_config_trains_them_by_changing_the_algorithm_line(algorithm, tmp_path):
     prompts = tmp_path / "prompts.txt"
