@@ -44,6 +44,10 @@ def option(default, help: str, choices: tuple | None = None):
 
 @dataclass
 class ForwardProcessOptions:
+    """The options of the family's sections; each algorithm adds its own fields and states its defaults.
+    The GRPO family's options (dynamics, sde_window, grouping, clip_range, kl, …) are not fields: setting
+    one is an unknown key."""
+
     shift: float = option(1.0, "default timestep shift of the rollout's σ grid (sampling.shift overrides)")
     schedule: str = option("diffusers", "σ grid of the rollouts (and of the trained t): diffusers or linspace_shift",
                            choices=("diffusers", "linspace_shift"))
