@@ -24,5 +24,7 @@ from genrl.algorithms import grouping  # noqa: E402
 from genrl.algorithms.base import Algorithm, register  # noqa: E402
 from genrl.algorithms.grpo import GRPO  # noqa: E402
 from genrl.algorithms import chunk_grpo, dance_grpo, flow_grpo  # noqa: E402,F401
+# The forward-process family (algorithms/forward_process.py) registers when its name is first asked for.
+ALGORITHMS.provide({"diffusion_nft": "genrl.algorithms.diffusion_nft", "awm": "genrl.algorithms.awm"})
 
 __all__ = ["ALGORITHMS", "GRPO", "Algorithm", "get", "grouping", "names", "register"]

@@ -6,7 +6,8 @@ An algorithm module states its choices as class attributes (`defaults`, the fiel
     advantages(rewards, group_id, clip)      sample grouping: rewards [N] -> advantages [N]
     training_batch(rollout, ctx)             the rollout (with keys.ADVANTAGE) -> rows by trajectory
     objective(rows)                          -> TensorDict of loss_* terms and diagnostics
-    after_step()                             after every optimizer step (e.g. soft-update an "old" policy)
+    after_step()                             after every optimizer step taken
+    after_update()                           once the update's steps are done, before the next rollout
 
 and once, when the run is built: `make_policy` (the sampler of rollouts) and `make_objective`.
 State the algorithm keeps across updates goes into checkpoints through `state_dict()` /
@@ -96,6 +97,10 @@ class Algorithm:
 
     def after_step(self) -> None:
         """Called after every optimizer step that was taken (not after a skipped, non-finite one)."""
+
+    def after_update(self) -> None:
+        """Called once per update, after its last optimizer step and before the next rollout (e.g. the
+        soft update of an "old" sampling policy, which must not move while its own samples are trained on)."""
 
     def state_dict(self) -> dict:
         """What the algorithm keeps across updates (e.g. an "old" policy), for checkpoints."""

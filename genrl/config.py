@@ -231,6 +231,7 @@ class Config:
         _check(self.train.warmup >= 0, "train.warmup", self.train.warmup, "an integer >= 0")
         _check(0 <= self.train.ema < 1, "train.ema", self.train.ema, "a float in [0, 1) (0: no average)")
         _check(self.train.weight_decay >= 0, "train.weight_decay", self.train.weight_decay, "a float >= 0")
+        _check(self.train.adv_clip > 0, "train.adv_clip", self.train.adv_clip, "a positive float")
         _check(self.train.max_bad_updates >= 1, "train.max_bad_updates", self.train.max_bad_updates,
                "an integer >= 1 (consecutive non-finite updates that stop the run)")
         _check(0 <= self.seed < 2**63, "seed", self.seed, "an integer in [0, 2**63)")

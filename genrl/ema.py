@@ -4,6 +4,9 @@ GRPO's updates are noisy: the policy after the last update is one draw around wh
 heading. The average over the last ~1/(1 - decay) updates is what the run evaluates, checkpoints
 beside the live weights, and what `genrl eval RUN_DIR` / `genrl sample RUN_DIR` load. Rollouts
 always use the live weights (the optimiser's policy), so the average does not change training.
+
+The same class keeps an algorithm's "old" policy (DiffusionNFT's sampler, AWM's KL anchor), whose
+decay follows a schedule: `update(decay)` with each update's own.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from genrl.models.base import ModelAdapter
 class ParameterEMA:
     """An average of the adapter's trainable parameters: `train.ema`'s, or an algorithm's "old" policy."""
 
-    def __init__(self, adapter: ModelAdapter, decay: float, settle: Callable[[], None] | None = None):
-        """`settle` puts the parameters in the layout the average keeps; by default sharding.reshard, which
+    def __init__(self, adapter: ModelAdapter, decay: float | None, settle: Callable[[], None] | None = None):
+        """`decay`: of every update, or None when each `update(decay)` names its own (a schedule).
+        `settle` puts the parameters in the layout the average keeps; by default sharding.reshard, which
         under FSDP brings back the shards a forward left gathered and does nothing to an unsharded model."""
-        if not 0.0 < decay < 1.0:
+        if decay is not None and not 0.0 < decay < 1.0:
             raise ValueError(f"the decay of an average must be in (0, 1) (train.ema: 0 for none), got {decay}")
         self.adapter = adapter
         self.decay = decay
@@ -33,11 +37,15 @@ class ParameterEMA:
         self.average = adapter.trainable_state_dict()  # copies; sharded like the parameters under FSDP
 
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, decay: float | None = None) -> None:
+        """average ← decay·average + (1 − decay)·live, with this update's `decay` or the average's own."""
+        decay = self.decay if decay is None else decay
+        if decay is None or not 0.0 <= decay < 1.0:
+            raise ValueError(f"an update of the average needs a decay in [0, 1), got {decay}")
         self.settle()
         live = dict(self.adapter.named_parameters())
         for name, average in self.average.items():
-            average.lerp_(live[name].detach(), 1.0 - self.decay)
+            average.lerp_(live[name].detach(), 1.0 - decay)
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:

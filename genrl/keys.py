@@ -46,3 +46,7 @@ PER_TRAJECTORY = (CONTEXT, GROUP_ID, NOISE_SEED, STEP_SEED, PROMPT_INDEX, L1_REL
 # --- a training batch: rows [S] an objective reads ----------------------------------------
 UNIT = "unit"  # id of the row's optimisation unit; a unit's rows share one backward pass [S]
 TRAJECTORY = "trajectory"  # the row's trajectory: its index in this process's rollout [S]
+# a forward-process family's rows (algorithms/forward_process.py): a final sample re-noised at t
+SAMPLE = "sample"  # x₀, the trajectory's final sample            [S, C, H, W]
+TIME = "t"  # the re-noising level t, a σ of the rollout's grid   [S]
+EPS_SEED = "eps_seed"  # seed of the re-noising noise ε ~ N(0, I) [S]

@@ -83,6 +83,7 @@ class Trainer:
         ctx = UpdateContext(self.progress.update, self.generator, rows, len(all_rewards), self.dist.gather,
                             getattr(self.objective, "in_keys", None))
         stats = self.optimise(self.algorithm.training_batch(rollout, ctx), group_id, group_id[rows])
+        self.algorithm.after_update()
         if self.ema is not None:
             self.ema.update()
         self.progress.update += 1

@@ -68,5 +68,5 @@ class TrajectoryRows(TrainingBatch):
 
     def rows(self, trajectories: Tensor) -> TensorDictBase:
         rows = self.td[trajectories.to(self.td.device)]
-        return rows.reshape(-1) if rows.batch_dims > 1 else rows
+        return rows.reshape(rows.batch_size.numel()) if rows.batch_dims > 1 else rows  # not -1: a process may hold none
 

@@ -133,10 +133,11 @@ def test_suite_errors_name_the_key(toy_suite, tmp_path):
 
 
 def test_bundled_suites_resolve():
-    for name in ("smoke", "tiny"):
+    grpo = {"flow_grpo", "dance_grpo", "chunk_grpo"}
+    for name, algorithms, seeds in (("smoke", grpo, [0, 1]), ("tiny", grpo | {"diffusion_nft", "awm"}, [0, 1, 2, 3, 4])):
         spec = suite.load_suite(name)
         plans = suite.plan_runs(spec)
-        assert {p.algorithm for p in plans} == {"flow_grpo", "dance_grpo", "chunk_grpo"}
+        assert {p.algorithm for p in plans} == algorithms and spec.seeds == seeds
         assert all(p.cfg.train.nfe_budget == spec.budget_nfe for p in plans)
         assert len({yaml.safe_dump(p.cfg.log.__dict__) for p in plans}) == 1  # the same eval for every run
 

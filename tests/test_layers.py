@@ -84,11 +84,11 @@ LAYERS = [
     ["genrl.models"],
     ["genrl.rewards", "genrl.testing"],  # the fixtures: real adapters and rewards on random weights
     ["genrl.policy"],
-    ["genrl.loss", "genrl.objective", "genrl.training_batch", "genrl.envs", "genrl.evaluation", "genrl.eval_cache",
-     "genrl.shapeworld.pretrain"],
+    ["genrl.loss", "genrl.objective", "genrl.training_batch", "genrl.ema", "genrl.envs", "genrl.evaluation",
+     "genrl.eval_cache", "genrl.shapeworld.pretrain"],  # ema: train.ema's average, and an algorithm's "old" policy
     ["genrl.algorithms"],
     ["genrl.build"],
-    ["genrl.passes", "genrl.train_state", "genrl.metrics", "genrl.ema", "genrl.resume", "genrl.launch",
+    ["genrl.passes", "genrl.train_state", "genrl.metrics", "genrl.resume", "genrl.launch",
      "genrl.tracking", "genrl.runs", "genrl.export"],
     ["genrl.trainer"],
     ["genrl.benchmarks"],
