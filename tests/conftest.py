@@ -83,3 +83,22 @@ def _deterministic():
 def _own_eval_cache(tmp_path, monkeypatch):
     """Each test its own evaluation cache (genrl.eval_cache), never the user's ~/.cache."""
     monkeypatch.setenv("GENRL_CACHE", str(tmp_path / "genrl_cache"))
+
+
+def resumed_and_uninterrupted(overrides: list[str], tmp_path: Path) -> tuple[dict, dict]:
+    """Train 4 updates in one go and 2 + a resume to 4; assert their metrics are equal (timings aside)
+    and return both runs' update-4 checkpoint states (uninterrupted, resumed)."""
+    import json
+
+    from genrl import cli, config
+    from genrl.trainer import Trainer
+
+    Trainer(config.load(overrides=overrides + ["train.updates=4", f"run_dir={tmp_path / 'a'}"])).run()
+    Trainer(config.load(overrides=overrides + ["train.updates=2", f"run_dir={tmp_path / 'b'}"])).run()
+    assert cli.main(["train", "--resume", str(tmp_path / "b"), "train.updates=4"]) == 0
+    measured = {"wall_s", "images_per_s", "peak_mem_mb"}
+    metrics = [[{k: v for k, v in json.loads(line).items() if k not in measured}
+                for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in "ab"]
+    assert metrics[0] == metrics[1]
+    a, b = (torch.load(tmp_path / r / "checkpoints" / "update_000004" / "state.pt", weights_only=False) for r in "ab")
+    return a, b

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from conftest import resumed_and_uninterrupted
 from tensordict import TensorDict, TensorDictBase
 
 from genrl import cli, config, keys
@@ -138,13 +139,7 @@ def test_a_forward_process_algorithm_from_outside_trains_with_its_calls_counted(
 
 def test_its_state_goes_through_checkpoints_and_a_resumed_run_continues_exactly(toy_overrides, tmp_path):
     common = toy_overrides + ["algorithm=flow_matching_for_test", "log.eval_at_start=false"]
-    Trainer(config.load(overrides=common + ["train.updates=4", f"run_dir={tmp_path / 'a'}"])).run()
-    Trainer(config.load(overrides=common + ["train.updates=2", f"run_dir={tmp_path / 'b'}"])).run()
-    assert cli.main(["train", "--resume", str(tmp_path / "b"), "train.updates=4"]) == 0
-    measured = {"wall_s", "images_per_s", "peak_mem_mb"}
-    strip = lambda ms: [{k: v for k, v in m.items() if k not in measured} for m in ms]  # noqa: E731
-    assert strip(read_metrics(tmp_path / "a")) == strip(read_metrics(tmp_path / "b"))
-    a, b = (torch.load(tmp_path / r / "checkpoints" / "update_000004" / "state.pt", weights_only=False) for r in "ab")
+    a, b = resumed_and_uninterrupted(common, tmp_path)
     assert a["algorithm"]["steps"] == b["algorithm"]["steps"] == 8
     assert all(torch.equal(a["algorithm"]["old"][k], b["algorithm"]["old"][k]) for k in a["algorithm"]["old"])
 

@@ -4,7 +4,6 @@ import gymnasium
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
-from tensordict import TensorDict
 from torchrl.envs.utils import check_env_specs
 
 from conftest import TOY_PROMPTS

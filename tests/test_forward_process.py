@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import TOY_PROMPTS
+from conftest import TOY_PROMPTS, resumed_and_uninterrupted
 
 from genrl import cli, config, keys
 from genrl.build import build
@@ -69,13 +69,7 @@ def test_each_raises_a_cheap_reward_on_a_tiny_random_model(algorithm, toy_overri
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_a_resumed_run_continues_exactly(algorithm, toy_overrides, tmp_path):
     common = toy_overrides + [f"algorithm={algorithm}", "log.eval_at_start=false", "train.lr=0.01"]
-    Trainer(config.load(overrides=common + ["train.updates=4", f"run_dir={tmp_path / 'a'}"])).run()
-    Trainer(config.load(overrides=common + ["train.updates=2", f"run_dir={tmp_path / 'b'}"])).run()
-    assert cli.main(["train", "--resume", str(tmp_path / "b"), "train.updates=4"]) == 0
-    measured = {"wall_s", "images_per_s", "peak_mem_mb"}
-    strip = lambda ms: [{k: v for k, v in m.items() if k not in measured} for m in ms]  # noqa: E731
-    assert strip(read_metrics(tmp_path / "a")) == strip(read_metrics(tmp_path / "b"))
-    a, b = (torch.load(tmp_path / r / "checkpoints" / "update_000004" / "state.pt", weights_only=False) for r in "ab")
+    a, b = resumed_and_uninterrupted(common, tmp_path)
     assert a["algorithm"]["steps"] == b["algorithm"]["steps"] == 8
     assert all(torch.equal(a["algorithm"]["old"][k], b["algorithm"]["old"][k]) for k in a["algorithm"]["old"])
 
