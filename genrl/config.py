@@ -185,7 +185,7 @@ ALGORITHMS: Registry[AlgorithmEntry] = Registry("algorithm")
 
 @dataclass
 class Config:
-    algorithm: str = _field("chunk_grpo", "flow_grpo | dance_grpo | chunk_grpo | a registered algorithm")
+    algorithm: str = _field("chunk_grpo", "flow_grpo | dance_grpo | chunk_grpo | diffusion_nft | awm | a registered algorithm")
     seed: int = _field(0, "seed of every random stream of the run")
     run_dir: str | None = _field(None, "output directory (default runs/{algorithm}__{prompts}__{seed}__{time})")
     device: str = _field("cpu", "torch device")
