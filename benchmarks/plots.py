@@ -49,6 +49,9 @@ def plot_curves(results: dict, out_dir: Path) -> list[Path]:
             ax.axvline(suite["budget_nfe"], color="gray", linestyle=":", linewidth=1, label="budget")
         if suite.get("target_score") is not None:
             ax.axhline(suite["target_score"], color="gray", linestyle="--", linewidth=1, label="target")
+        if results.get("reference"):
+            ref = results["reference"]
+            ax.axhline(ref["score"], color="black", linestyle="-.", linewidth=1, label=f"{ref['label']} final (mean)")
         ax.set_xlabel(AXES[axis])
         ax.set_ylabel("held-out eval score")
         ax.set_title(f"{suite['name']}: mean over seeds, band min–max", fontsize=10)

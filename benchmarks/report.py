@@ -15,6 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
+
 from genrl.benchmarks import stats
 
 
@@ -131,10 +133,51 @@ def _signed(value: float | None) -> str:
     return fmt(value, "+.3f")
 
 
+def first_crossing(curves: list[list[dict]], score: float, axis: str = "nfe") -> float | None:
+    """Where the mean over seeds of the eval curves first reaches `score`, on `axis` ('nfe' or 'wall_s').
+
+    Each seed's curve is linear between its eval points, as plotted, so their mean is linear between the union of
+    the eval points (up to the shortest seed's end) and the crossing is found exactly; None if it never gets there.
+    """
+    end = min(c[-1][axis] for c in curves)
+    grid = np.unique([p[axis] for c in curves for p in c if p[axis] <= end])
+    mean = np.mean([np.interp(grid, [p[axis] for p in c], [p["score"] for p in c]) for c in curves], axis=0)
+    above = np.nonzero(mean >= score - 1e-9)[0]  # the tolerance: the reference's own mean, summed in another order
+    if not above.size:
+        return None
+    i = above[0]
+    if i == 0 or mean[i] <= score:
+        return float(grid[i])
+    x0, x1, y0, y1 = grid[i - 1], grid[i], mean[i - 1], mean[i]
+    return float(x0 + (score - y0) * (x1 - x0) / (y1 - y0))
+
+
+def reference_costs(runs: list[dict], agg: dict, reference: str | None) -> dict | None:
+    """What each algorithm spends to reach the reference algorithm's final mean score: the NFE and training
+    wall-clock where its seed-mean curve first reaches it, the ratio to the reference's own (> 1: fewer NFEs than
+    the reference needed), and how many seeds' own curves reach it at some eval point."""
+    if reference is None or not agg.get(reference, {}).get("n"):
+        return None
+    score = agg[reference]["final_mean"]
+    costs = {}
+    for label in agg:
+        curves = [r["curve"] for r in runs if r["label"] == label and r["status"] == "finished" and r["curve"]]
+        if curves:
+            costs[label] = {"nfe": first_crossing(curves, score, "nfe"),
+                            "wall_s": first_crossing(curves, score, "wall_s"),
+                            "seeds_reaching": sum(any(p["score"] >= score for p in c) for c in curves),
+                            "n": len(curves)}
+    own = costs[reference]["nfe"]
+    for cost in costs.values():
+        cost["nfe_ratio"] = own / cost["nfe"] if own and cost["nfe"] else None
+    return {"label": reference, "score": score, "algorithms": costs}
+
+
 def summarise(results: dict) -> dict:
-    """Fill in `aggregate` and `comparison` from `runs` (the per-run records are the source of truth)."""
+    """Fill in `aggregate`, `comparison` and `reference` from `runs` (the per-run records are the source of truth)."""
     results["aggregate"] = aggregate(results["runs"], list(results["suite"]["algorithms"]))
     results["comparison"] = compare(results["aggregate"])
+    results["reference"] = reference_costs(results["runs"], results["aggregate"], results["suite"].get("reference"))
     return results
 
 
@@ -265,6 +308,7 @@ def table_markdown(results: dict) -> str:
             f"| {label} | {fmt(a['base_mean'])} | {fmt(a.get('updates_mean'), '.0f')} | {fmt(a['nfe_mean'], ',.0f')} | "
             f"{fmt(a['nfe_to_target_mean'], ',.0f')}{n} | {_seconds(a['wall_s_to_target_mean'])}{n} | "
             f"{fmt(a['images_per_s_mean'], '.1f')} | {fmt(a['peak_mem_mb_max'], ',.0f')} |")
+    lines += _reference_table(results.get("reference"))
     failed = [r for r in results["runs"] if r["status"] != "finished"]
     lines.append("")
     if failed:
@@ -287,6 +331,20 @@ def table_markdown(results: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _reference_table(ref: dict | None) -> list[str]:
+    if not ref:
+        return []
+    lines = ["", f"**Cost to reach {ref['label']}'s final score ({ref['score']:.3f}, its mean over seeds):** where "
+             "each algorithm's seed-mean eval curve first reaches it (linear between eval points); × = "
+             f"{ref['label']}'s NFE / the algorithm's NFE (above 1: fewer model evaluations).", "",
+             "| algorithm | NFE | × | wall-clock, training | seeds whose own curve reaches it |", "|---|---|---|---|---|"]
+    for label, c in ref["algorithms"].items():
+        never = "not reached within the budget"
+        lines.append(f"| {label} | {fmt(c['nfe'], ',.0f', never)} | {fmt(c['nfe_ratio'], '.2f')} | "
+                     f"{_seconds(c['wall_s']) if c['wall_s'] is not None else never} | {c['seeds_reaching']}/{c['n']} |")
+    return lines
 
 
 def _cadence(every: int) -> str:

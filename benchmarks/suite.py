@@ -20,6 +20,7 @@ model evaluations rather than updates, because an update of DanceGRPO trains
     budget_nfe: 20000           # per run: rollout + training forwards, CFG counts 2
     eval_every: 5               # held-out evaluation every N updates (plus before and after)
     target_score: 0.3           # optional: NFEs / wall-clock to first reach it
+    reference: chunk_grpo       # optional label: NFEs each algorithm needs to reach its final mean score
     dry_run_overrides: [...]    # `--dry-run` only: e.g. swap in tiny random components
 
 The harness owns the keys that make runs comparable (seed, run_dir,
@@ -43,7 +44,7 @@ from genrl.config import ConfigError
 
 SUITES_DIR = Path(__file__).parent / "suites"
 SUITE_KEYS = ("name", "description", "base", "overrides", "algorithms", "seeds", "budget_nfe", "eval_every",
-              "target_score", "dry_run_overrides")
+              "target_score", "reference", "dry_run_overrides")
 HARNESS_KEYS = ("seed", "run_dir", "train.nfe_budget", "train.updates", "log.eval_every", "log.eval_at_start",
                 "log.eval_at_end")
 # --dry-run: one update per run, the smallest evaluation, no sample grids; the suite adds its own on top.
@@ -63,13 +64,15 @@ class Suite:
     budget_nfe: int
     eval_every: int
     target_score: float | None = None
+    reference: str | None = None
     description: str = ""
     dry_run_overrides: list | dict = field(default_factory=list)
 
     def settings(self) -> dict:
         """The suite as recorded in results.json."""
         return {k: getattr(self, k) for k in ("name", "description", "base", "overrides", "algorithms", "seeds",
-                                              "budget_nfe", "eval_every", "target_score", "dry_run_overrides")} | {
+                                              "budget_nfe", "eval_every", "target_score", "reference",
+                                              "dry_run_overrides")} | {
             "path": str(self.path)}
 
 
@@ -126,12 +129,16 @@ def load_suite(suite: str | Path) -> Suite:
     need(isinstance(eval_every, int) and eval_every >= 0, "eval_every", "an integer >= 0 (0: only before and after)")
     target = data.get("target_score")
     need(target is None or isinstance(target, (int, float)), "target_score", "a number or null")
+    reference = data.get("reference")
+    need(reference is None or str(reference) in {str(k) for k in data["algorithms"]}, "reference",
+         f"one of the suite's algorithm labels ({', '.join(map(str, data['algorithms']))}) or null")
     for key in ("overrides", "dry_run_overrides"):
         need(isinstance(data.get(key, []), (list, dict)), key, "a list of dotted key=value strings or a nested mapping")
     return Suite(
         name=str(data.get("name", path.stem)), path=path, base=str(data.get("base", "shapeworld")),
         overrides=data.get("overrides") or [], algorithms={str(k): dict(v or {}) for k, v in data["algorithms"].items()},
         seeds=seeds, budget_nfe=budget, eval_every=eval_every, target_score=None if target is None else float(target),
+        reference=None if reference is None else str(reference),
         description=str(data.get("description", "")), dry_run_overrides=data.get("dry_run_overrides") or [],
     )
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from genrl.benchmarks import report, stats
+from genrl.benchmarks import report, stats, suite
+from genrl.config import ConfigError
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -180,3 +181,38 @@ def test_report_pairs_only_shared_seeds_and_omits_iqm_below_five(tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "IQM" not in table and "Not finished: b seed 1 (interrupted)" in table
     assert "Within noise: a has the best mean" in table and "with 2 seeds a true gap of" in table
+
+
+def test_cost_to_reach_the_references_final_score(tmp_path):
+    """The seed-mean curve, linear between the union of the seeds' eval points, crosses the reference's final mean
+    where the closed form says; an algorithm that never gets there is reported so, not extrapolated."""
+    results = _fake_results({"ref": [0.5, 0.6], "fast": [0.7, 0.7], "slow": [0.45, 0.5]}, [0, 1])
+    points = {("ref", 0): [(0, 0.3), (500, 0.4), (1000, 0.5)], ("ref", 1): [(0, 0.3), (500, 0.5), (1000, 0.6)],
+              ("fast", 0): [(0, 0.3), (250, 0.5), (1000, 0.7)], ("fast", 1): [(0, 0.3), (500, 0.7), (1000, 0.7)],
+              ("slow", 0): [(0, 0.3), (1000, 0.45)], ("slow", 1): [(0, 0.3), (1000, 0.5)]}
+    for run in results["runs"]:
+        run["curve"] = [{"update": i, "nfe": n, "wall_s": n / 100, "score": s}
+                        for i, (n, s) in enumerate(points[run["label"], run["seed"]])]
+    results["suite"]["reference"] = "ref"
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    ref = report.rebuild(tmp_path)["reference"]
+    assert ref["label"] == "ref" and ref["score"] == pytest.approx(0.55)
+    # ref's mean curve: 0.3, 0.45, 0.55 at 0, 500, 1000: it reaches its own final mean at the end.
+    assert ref["algorithms"]["ref"]["nfe"] == pytest.approx(1000) and ref["algorithms"]["ref"]["nfe_ratio"] == 1
+    # fast, on the grid {0, 250, 500, 1000}: seed 0 at 500 is 0.5 + 0.2·250/750, seed 1 at 250 is 0.3 + 0.4/2;
+    # mean 0.5 at 250 and (0.5 + 0.2/3 + 0.7)/2 at 500, crossing 0.55 on the segment between them.
+    at_500 = (0.5 + 0.2 / 3 + 0.7) / 2
+    crossing = 250 + (0.55 - 0.5) * 250 / (at_500 - 0.5)
+    fast = ref["algorithms"]["fast"]
+    assert fast["nfe"] == pytest.approx(crossing) and fast["wall_s"] == pytest.approx(crossing / 100)
+    assert fast["nfe_ratio"] == pytest.approx(1000 / crossing) and fast["seeds_reaching"] == 2
+    slow = ref["algorithms"]["slow"]
+    assert slow["nfe"] is None and slow["nfe_ratio"] is None and slow["seeds_reaching"] == 0
+    table = (tmp_path / "table.md").read_text()
+    assert "Cost to reach ref's final score (0.550" in table
+    assert f"| fast | {crossing:,.0f} | {1000 / crossing:.2f} |" in table
+    assert "| slow | not reached within the budget |" in table
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("algorithms: {flow_grpo: {}}\nbudget_nfe: 10\nreference: awm\n")
+    with pytest.raises(ConfigError, match="reference='awm'.*flow_grpo"):
+        suite.load_suite(bad)
