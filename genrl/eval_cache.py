@@ -11,10 +11,14 @@ depends on:
     the sampler, the scorer or the model code a new entry is computed.
 A cached record is the saved record of the evaluation that made it: the same scores (bit for
 bit), summary and grid images as evaluating again.
+
+Every edit of genrl's code makes new keys, so the directory keeps only the KEEP_ENTRIES entries
+used most recently (a hit refreshes an entry's time; a ShapeWorld entry is about 0.3 MB).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -30,6 +34,7 @@ from genrl.prompts import is_shapeworld
 
 CACHE_ENV = "GENRL_CACHE"  # the root of genrl's caches; evaluations go under $GENRL_CACHE/eval
 FORMAT = 1  # bump when EvalRecord's file layout changes
+KEEP_ENTRIES = 32  # the least recently used beyond these are deleted when an entry is written
 
 
 def directory(enabled: bool, path: str | None) -> Path | None:
@@ -68,7 +73,10 @@ def cached_evaluate(cache_dir: Path | None, adapter, reward, settings: dict, con
     entry = cache_dir / f"{entry_key(adapter, reward, settings, context)}.pt"
     if entry.is_file():
         try:
-            return EvalRecord.load(entry), True
+            record = EvalRecord.load(entry)
+            with contextlib.suppress(OSError):  # a read-only cache still serves its entries
+                os.utime(entry)
+            return record, True
         except Exception as err:  # a damaged entry is recomputed, never trusted
             warnings.warn(f"genrl: ignoring the damaged evaluation cache entry {entry}: {err}", stacklevel=2)
     record = evaluate()
@@ -77,7 +85,26 @@ def cached_evaluate(cache_dir: Path | None, adapter, reward, settings: dict, con
     except OSError as err:
         warnings.warn(f"genrl: cannot write the evaluation cache {cache_dir} ({err}); "
                       "set log.eval_cache_dir or log.eval_cache=false", stacklevel=2)
+    else:
+        prune(cache_dir, KEEP_ENTRIES)
     return record, False
+
+
+def prune(cache_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the `keep` most recently used entries; return what was deleted. Another process
+    pruning the same directory at the same time is harmless (a file already gone is skipped)."""
+    def last_used(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            return float("inf")  # gone already: nothing to delete
+
+    entries = sorted(cache_dir.glob("*.pt"), key=last_used, reverse=True)
+    stale = entries[keep:]
+    for path in stale:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    return stale
 
 
 def entry_key(adapter, reward, settings: dict, context: dict) -> str:

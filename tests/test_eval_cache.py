@@ -1,6 +1,7 @@
 """The base-evaluation cache: a hit is bit-identical to evaluating again; anything that changes the
 images or their scores changes the key."""
 
+import os
 import warnings
 from pathlib import Path
 
@@ -97,3 +98,25 @@ def test_an_unwritable_cache_warns_and_the_evaluation_goes_on(tmp_path):
     with pytest.warns(UserWarning, match="cannot write the evaluation cache"):
         record, cached = eval_cache.cached_evaluate(blocked / "eval", ToyAdapter(), MeanBrightness(), SETTINGS, CONTEXT)
     assert not cached and record.result["score"] >= 0
+
+
+def test_the_cache_keeps_only_the_most_recently_used_entries(tmp_path, monkeypatch):
+    monkeypatch.setattr(eval_cache, "KEEP_ENTRIES", 2)
+
+    def evaluate(steps):
+        return eval_cache.cached_evaluate(tmp_path, ToyAdapter(), MeanBrightness(), SETTINGS | {"num_steps": steps},
+                                          CONTEXT)
+
+    def age_all(seconds):  # file times: the filesystem's clock resolution must not decide the order
+        for path in tmp_path.glob("*.pt"):
+            t = path.stat().st_mtime - seconds
+            os.utime(path, (t, t))
+
+    evaluate(2)
+    age_all(10)
+    evaluate(3)
+    age_all(10)
+    assert evaluate(2)[1]  # a hit: steps=2 becomes the most recently used
+    evaluate(4)  # a third entry: the least recently used (steps=3) goes
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+    assert evaluate(2)[1] and evaluate(4)[1] and not evaluate(3)[1]
