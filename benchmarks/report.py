@@ -133,15 +133,16 @@ def _signed(value: float | None) -> str:
     return fmt(value, "+.3f")
 
 
-def first_crossing(curves: list[list[dict]], score: float, axis: str = "nfe") -> float | None:
-    """Where the mean over seeds of the eval curves first reaches `score`, on `axis` ('nfe' or 'wall_s').
+def first_crossing(curves: list[list[dict]], score: float) -> float | None:
+    """The NFE where the mean over seeds of the eval curves first reaches `score`; None if it never gets there.
 
     Each seed's curve is linear between its eval points, as plotted, so their mean is linear between the union of
-    the eval points (up to the shortest seed's end) and the crossing is found exactly; None if it never gets there.
+    the eval points (up to the shortest seed's end) and the crossing is found exactly. (On the wall-clock axis the
+    seeds end at different times, so a mean there would lose the slower seeds' last points: see `reference_costs`.)
     """
-    end = min(c[-1][axis] for c in curves)
-    grid = np.unique([p[axis] for c in curves for p in c if p[axis] <= end])
-    mean = np.mean([np.interp(grid, [p[axis] for p in c], [p["score"] for p in c]) for c in curves], axis=0)
+    end = min(c[-1]["nfe"] for c in curves)
+    grid = np.unique([p["nfe"] for c in curves for p in c if p["nfe"] <= end])
+    mean = np.mean([np.interp(grid, [p["nfe"] for p in c], [p["score"] for p in c]) for c in curves], axis=0)
     above = np.nonzero(mean >= score - 1e-9)[0]  # the tolerance: the reference's own mean, summed in another order
     if not above.size:
         return None
@@ -153,9 +154,10 @@ def first_crossing(curves: list[list[dict]], score: float, axis: str = "nfe") ->
 
 
 def reference_costs(runs: list[dict], agg: dict, reference: str | None) -> dict | None:
-    """What each algorithm spends to reach the reference algorithm's final mean score: the NFE and training
-    wall-clock where its seed-mean curve first reaches it, the ratio to the reference's own (> 1: fewer NFEs than
-    the reference needed), and how many seeds' own curves reach it at some eval point."""
+    """What each algorithm spends to reach the reference algorithm's final mean score: the NFE where its seed-mean
+    curve first reaches it, the training wall-clock its seeds took to spend that many NFEs (mean over seeds), the
+    ratio to the reference's own NFE (> 1: fewer than the reference needed), and how many seeds' own curves reach
+    it at some eval point."""
     if reference is None or not agg.get(reference, {}).get("n"):
         return None
     score = agg[reference]["final_mean"]
@@ -163,8 +165,10 @@ def reference_costs(runs: list[dict], agg: dict, reference: str | None) -> dict 
     for label in agg:
         curves = [r["curve"] for r in runs if r["label"] == label and r["status"] == "finished" and r["curve"]]
         if curves:
-            costs[label] = {"nfe": first_crossing(curves, score, "nfe"),
-                            "wall_s": first_crossing(curves, score, "wall_s"),
+            nfe = first_crossing(curves, score)
+            wall = None if nfe is None else float(np.mean(
+                [np.interp(nfe, [p["nfe"] for p in c], [p["wall_s"] for p in c]) for c in curves]))
+            costs[label] = {"nfe": nfe, "wall_s": wall,
                             "seeds_reaching": sum(any(p["score"] >= score for p in c) for c in curves),
                             "n": len(curves)}
     own = costs[reference]["nfe"]

@@ -191,7 +191,8 @@ def test_cost_to_reach_the_references_final_score(tmp_path):
               ("fast", 0): [(0, 0.3), (250, 0.5), (1000, 0.7)], ("fast", 1): [(0, 0.3), (500, 0.7), (1000, 0.7)],
               ("slow", 0): [(0, 0.3), (1000, 0.45)], ("slow", 1): [(0, 0.3), (1000, 0.5)]}
     for run in results["runs"]:
-        run["curve"] = [{"update": i, "nfe": n, "wall_s": n / 100, "score": s}
+        seconds_per_nfe = 0.01 if run["seed"] == 0 else 0.02  # the seeds end at different times
+        run["curve"] = [{"update": i, "nfe": n, "wall_s": n * seconds_per_nfe, "score": s}
                         for i, (n, s) in enumerate(points[run["label"], run["seed"]])]
     results["suite"]["reference"] = "ref"
     (tmp_path / "results.json").write_text(json.dumps(results))
@@ -199,12 +200,13 @@ def test_cost_to_reach_the_references_final_score(tmp_path):
     assert ref["label"] == "ref" and ref["score"] == pytest.approx(0.55)
     # ref's mean curve: 0.3, 0.45, 0.55 at 0, 500, 1000: it reaches its own final mean at the end.
     assert ref["algorithms"]["ref"]["nfe"] == pytest.approx(1000) and ref["algorithms"]["ref"]["nfe_ratio"] == 1
+    assert ref["algorithms"]["ref"]["wall_s"] == pytest.approx((10 + 20) / 2)  # the seeds' times at 1000 NFE
     # fast, on the grid {0, 250, 500, 1000}: seed 0 at 500 is 0.5 + 0.2·250/750, seed 1 at 250 is 0.3 + 0.4/2;
     # mean 0.5 at 250 and (0.5 + 0.2/3 + 0.7)/2 at 500, crossing 0.55 on the segment between them.
     at_500 = (0.5 + 0.2 / 3 + 0.7) / 2
     crossing = 250 + (0.55 - 0.5) * 250 / (at_500 - 0.5)
     fast = ref["algorithms"]["fast"]
-    assert fast["nfe"] == pytest.approx(crossing) and fast["wall_s"] == pytest.approx(crossing / 100)
+    assert fast["nfe"] == pytest.approx(crossing) and fast["wall_s"] == pytest.approx(crossing * 0.015)
     assert fast["nfe_ratio"] == pytest.approx(1000 / crossing) and fast["seeds_reaching"] == 2
     slow = ref["algorithms"]["slow"]
     assert slow["nfe"] is None and slow["nfe_ratio"] is None and slow["seeds_reaching"] == 0
