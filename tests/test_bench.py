@@ -227,6 +227,8 @@ def _shrunk_ablation(tmp_path, arms=ABLATION_ARMS, seeds=(0,)):
                           f"prompts.eval={eval_prompts}", "sampling.eval_steps=2", "log.eval_seeds=1",
                           "log.checkpoint_every=1", "log.progress=false"]
     data["algorithms"] = {k: v for k, v in data["algorithms"].items() if k in arms}
+    if data.get("reference") not in data["algorithms"]:  # the reference arm (step_level) may be left out
+        data.pop("reference", None)
     data.update(seeds=list(seeds), budget_nfe=150, eval_every=2)  # 72 NFE per update (56 with ws): 3 updates
     data.pop("dry_run_overrides")
     path = tmp_path / f"ablation_{len(arms)}x{len(seeds)}.yaml"
