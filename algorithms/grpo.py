@@ -108,7 +108,8 @@ class GRPO(Algorithm):
         spans = " | ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in stats["chunks"])
         shared = "the same for every trajectory" if stats["chunks_shared"] else "per trajectory; the first one's"
         options = f" {o.grouping_options}" if o.grouping_options else ""
-        line = f"{self.name}: {len(stats['chunks'])} chunks of steps {spans} ({o.grouping}{options}, {shared})"
+        count = len(stats["chunks"])
+        line = f"{self.name}: {count} chunk{'s' if count != 1 else ''} of steps {spans} ({o.grouping}{options}, {shared})"
         if o.unit_fraction < 1:
             line += f"; {o.unit_fraction:g} of them ({o.unit_weighting} draw) trained per trajectory and update"
         return line

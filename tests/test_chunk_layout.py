@@ -35,6 +35,8 @@ def test_the_line_says_when_chunks_differ_per_trajectory_and_only_a_fraction_is_
     stats = {"chunks": [[0, 1], [2, 4], [5, 7]], "chunks_shared": False}
     assert algorithm.describe(stats) == ("chunk_grpo: 3 chunks of steps 0-1 | 2-4 | 5-7 (dynamic_chunks, per trajectory; "
                                          "the first one's); 0.5 of them (uniform draw) trained per trajectory and update")
+    one = algorithm.describe({"chunks": [[0, 7]], "chunks_shared": True})
+    assert one.startswith("chunk_grpo: 1 chunk of steps 0-7 (")  # sequence level: one chunk, said in the singular
 
 
 def test_the_logged_chunks_are_the_partition_the_update_drew_from():
