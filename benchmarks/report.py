@@ -76,23 +76,17 @@ def aggregate(runs: list[dict], labels: list[str]) -> dict:
     return out
 
 
-def compare(agg: dict) -> dict:
-    """The best mean against every other label, paired by seed: the mean difference with its bootstrap interval,
-    the paired t-test (p-values Holm-corrected over the comparisons), and the minimum detectable difference."""
-    ranked = sorted((k for k in agg if agg[k]["n"]), key=lambda k: agg[k]["final_mean"], reverse=True)
-    method = {"pairing": "by seed", "interval": f"percentile bootstrap, {stats.RESAMPLES} resamples, {stats.LEVEL:.0%}",
-              "test": "paired t-test (scipy.stats.ttest_rel), two-sided, Holm-corrected over the comparisons",
-              "alpha": stats.ALPHA, "mdd_power": stats.POWER, "iqm_min_seeds": stats.IQM_MIN_SEEDS}
-    if not ranked:
-        return {"best": None, "pairs": [], "method": method, "verdict": "No run finished; nothing to compare."}
-    best = ranked[0]
+def paired_against(agg: dict, anchor: str, others: list[str], role: str = "best") -> list[dict]:
+    """Each of `others` against `anchor`, paired by seed: the mean difference (other − anchor) with its bootstrap
+    interval, the paired t-test (p-values Holm-corrected over these comparisons), the minimum detectable difference.
+    `role` names the anchor's key in each pair ("best", or "reference" for a suite's reference arm)."""
     pairs = []
-    for other in ranked[1:]:
-        a, b = (dict(zip(agg[k]["seeds"], agg[k]["final_scores"])) for k in (best, other))
+    for other in others:
+        a, b = (dict(zip(agg[k]["seeds"], agg[k]["final_scores"])) for k in (anchor, other))
         seeds = [s for s in a if s in b]  # a seed one of them has not finished cannot be paired
-        diff = stats.paired_difference([b[s] for s in seeds], [a[s] for s in seeds]) or {}  # other − best
+        diff = stats.paired_difference([b[s] for s in seeds], [a[s] for s in seeds]) or {}  # other − anchor
         one = b[seeds[0]] - a[seeds[0]] if seeds else None  # a single shared seed: a difference, no test
-        pairs.append({"best": best, "other": other, "seeds": seeds, "n": len(seeds), "diff": diff.get("mean", one),
+        pairs.append({role: anchor, "other": other, "seeds": seeds, "n": len(seeds), "diff": diff.get("mean", one),
                       **{k: diff.get(k) for k in ("sd", "ci95", "t_ci95", "t", "p", "mdd", "seeds_needed")}})
     tested = [p for p in pairs if p["p"] is not None]
     for p, adjusted in zip(tested, stats.holm([p["p"] for p in tested])):
@@ -100,6 +94,19 @@ def compare(agg: dict) -> dict:
     for p in pairs:
         p.setdefault("p_holm", None)
         p["beyond_noise"] = p["p_holm"] is not None and p["p_holm"] < stats.ALPHA
+    return pairs
+
+
+def compare(agg: dict) -> dict:
+    """The best mean against every other label, paired by seed (`paired_against`)."""
+    ranked = sorted((k for k in agg if agg[k]["n"]), key=lambda k: agg[k]["final_mean"], reverse=True)
+    method = {"pairing": "by seed", "interval": f"percentile bootstrap, {stats.RESAMPLES} resamples, {stats.LEVEL:.0%}",
+              "test": "paired t-test (scipy.stats.ttest_rel), two-sided, Holm-corrected over the comparisons",
+              "alpha": stats.ALPHA, "mdd_power": stats.POWER, "iqm_min_seeds": stats.IQM_MIN_SEEDS}
+    if not ranked:
+        return {"best": None, "pairs": [], "method": method, "verdict": "No run finished; nothing to compare."}
+    best = ranked[0]
+    pairs = paired_against(agg, best, ranked[1:])
     return {"best": best, "pairs": pairs, "method": method, "verdict": verdict(best, pairs)}
 
 
@@ -174,7 +181,31 @@ def reference_costs(runs: list[dict], agg: dict, reference: str | None) -> dict 
     own = costs[reference]["nfe"]
     for cost in costs.values():
         cost["nfe_ratio"] = own / cost["nfe"] if own and cost["nfe"] else None
-    return {"label": reference, "score": score, "algorithms": costs}
+    # The suite's question is often "better than the reference?" (chunks against step level), not "behind the
+    # best?": every other arm paired against the reference, Holm-corrected over these comparisons.
+    pairs = paired_against(agg, reference, [k for k in agg if k != reference and agg[k]["n"]], role="reference")
+    return {"label": reference, "score": score, "algorithms": costs, "pairs": pairs,
+            "verdict": reference_verdict(reference, pairs)}
+
+
+def reference_verdict(reference: str, pairs: list[dict]) -> str:
+    """Plain words: which arms differ from the reference beyond noise, in which direction, and the test's power."""
+    if not pairs:
+        return f"Only {reference} finished; nothing to compare with it."
+    if any(p["p"] is None for p in pairs):
+        return f"Some arm shares fewer than two finished seeds with {reference}, so no difference can be tested."
+    above = [p["other"] for p in pairs if p["beyond_noise"] and p["diff"] > 0]
+    below = [p["other"] for p in pairs if p["beyond_noise"] and p["diff"] < 0]
+    noisy = [p for p in pairs if not p["beyond_noise"]]
+    parts = ([f"above {reference} beyond noise: {', '.join(above)}"] if above else []) + (
+        [f"below {reference} beyond noise: {', '.join(below)}"] if below else [])
+    if noisy:
+        mdds = sorted(p["mdd"] for p in noisy)
+        size = f"{mdds[0]:.3f}" if mdds[0] == mdds[-1] else f"{mdds[0]:.3f} to {mdds[-1]:.3f}"
+        parts.append(f"within noise of {reference}: {', '.join(p['other'] for p in noisy)} (gaps of {size} "
+                     f"would have been found {stats.POWER:.0%} of the time)")
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:] + "."
 
 
 def summarise(results: dict) -> dict:
@@ -343,11 +374,21 @@ def _reference_table(ref: dict | None) -> list[str]:
     lines = ["", f"**Cost to reach {ref['label']}'s final score ({ref['score']:.3f}, its mean over seeds):** where "
              "each algorithm's seed-mean eval curve first reaches it (linear between eval points); × = "
              f"{ref['label']}'s NFE / the algorithm's NFE (above 1: fewer model evaluations).", "",
-             "| algorithm | NFE | × | wall-clock, training | seeds whose own curve reaches it |", "|---|---|---|---|---|"]
+             "| algorithm | NFE | × | wall-clock, training | seeds whose own curve reaches it | "
+             f"Δ vs {ref['label']}, paired [95% CI] | p (paired t, Holm) | MDD (80% power) |",
+             "|---|---|---|---|---|---|---|---|"]
+    pairs = {p["other"]: p for p in ref.get("pairs", [])}
     for label, c in ref["algorithms"].items():
         never = "not reached within the budget"
+        p = pairs.get(label)
+        versus = ("reference | | |" if label == ref["label"] else " – | – | – |" if p is None else
+                  f"{_signed(p['diff'])} {_ci(p['ci95'], '+.3f')} | {fmt(p['p_holm'], '.2g')} | {fmt(p['mdd'])} |")
         lines.append(f"| {label} | {fmt(c['nfe'], ',.0f', never)} | {fmt(c['nfe_ratio'], '.2f')} | "
-                     f"{_seconds(c['wall_s']) if c['wall_s'] is not None else never} | {c['seeds_reaching']}/{c['n']} |")
+                     f"{_seconds(c['wall_s']) if c['wall_s'] is not None else never} | {c['seeds_reaching']}/{c['n']} | "
+                     f"{versus}")
+    if ref.get("verdict"):
+        lines += ["", f"**Against {ref['label']}:** {ref['verdict']} Its p-values are Holm-corrected over the "
+                  f"comparisons with {ref['label']}, a family apart from the comparisons with the best."]
     return lines
 
 

@@ -218,3 +218,32 @@ def test_cost_to_reach_the_references_final_score(tmp_path):
     bad.write_text("algorithms: {flow_grpo: {}}\nbudget_nfe: 10\nreference: awm\n")
     with pytest.raises(ConfigError, match="reference='awm'.*flow_grpo"):
         suite.load_suite(bad)
+
+def test_every_arm_is_paired_against_the_reference(tmp_path):
+    """Beside "behind the best?", a suite with a reference answers "better than the reference?": each arm's paired
+    difference to it, with scipy's paired t-test Holm-corrected over these comparisons only."""
+    seed_effect = np.array([0.00, 0.04, -0.03, 0.02, -0.05])
+    jitter = np.array([0.002, -0.003, 0.001, 0.003, -0.002])
+    scores = {"ref": 0.40 + seed_effect, "up": 0.45 + seed_effect + jitter, "down": 0.37 + seed_effect - jitter,
+              "same": 0.40 + seed_effect + 3 * jitter}
+    results = _fake_results({k: v.tolist() for k, v in scores.items()}, [0, 1, 2, 3, 4])
+    results["suite"]["reference"] = "ref"
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    ref = report.rebuild(tmp_path)["reference"]
+    pairs = {p["other"]: p for p in ref["pairs"]}
+    assert set(pairs) == {"up", "down", "same"} and all(p["reference"] == "ref" for p in pairs.values())
+    raw = {k: sps.ttest_rel(scores[k], scores["ref"]).pvalue for k in pairs}
+    order = sorted(raw, key=raw.get)  # Holm by hand: the i-th smallest times (3 − i), kept monotone
+    expected, running = {}, 0.0
+    for i, k in enumerate(order):
+        running = max(running, min(1.0, (3 - i) * raw[k]))
+        expected[k] = running
+    for k, p in pairs.items():
+        assert p["diff"] == pytest.approx(float(np.mean(scores[k] - scores["ref"])))
+        assert p["p"] == pytest.approx(raw[k]) and p["p_holm"] == pytest.approx(expected[k])
+    assert pairs["up"]["beyond_noise"] and pairs["down"]["beyond_noise"] and not pairs["same"]["beyond_noise"]
+    assert ref["verdict"].startswith("Above ref beyond noise: up; below ref beyond noise: down; within noise of ref: same")
+    table = (tmp_path / "table.md").read_text()
+    assert "| Δ vs ref, paired [95% CI] | p (paired t, Holm) |" in table and "**Against ref:** Above ref" in table
+    assert f"{pairs['down']['diff']:+.3f} [" in table
+
