@@ -122,10 +122,9 @@ def verdict(best: str, pairs: list[dict]) -> str:
                        for p in pairs)
     if not noisy:
         return f"Beyond noise: {best} is ahead of every other algorithm ({detail})."
-    mdds = sorted(p["mdd"] for p in noisy)
     n = sorted({p["n"] for p in noisy})
     seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
-    size = f"{mdds[0]:.3f}" if mdds[0] == mdds[-1] else f"{mdds[0]:.3f} to {mdds[-1]:.3f}"
+    size = _mdd_range(noisy)
     power = (f"with {seeds} seeds a true gap of {size} (the minimum detectable difference, from the observed "
              f"spread of the paired differences) would have been found {stats.POWER:.0%} of the time; "
              "smaller gaps could hide in the noise")
@@ -134,6 +133,12 @@ def verdict(best: str, pairs: list[dict]) -> str:
     ahead = ", ".join(p["other"] for p in pairs if p["beyond_noise"])
     return (f"Partly within noise: {best} is ahead of {ahead} beyond noise, but not of "
             f"{', '.join(p['other'] for p in noisy)} ({detail}); {power}.")
+
+
+def _mdd_range(pairs: list[dict]) -> str:
+    """The smallest to the largest minimum detectable difference of these pairs, e.g. "0.056 to 0.102"."""
+    mdds = sorted(p["mdd"] for p in pairs)
+    return f"{mdds[0]:.3f}" if mdds[0] == mdds[-1] else f"{mdds[0]:.3f} to {mdds[-1]:.3f}"
 
 
 def _signed(value: float | None) -> str:
@@ -200,9 +205,7 @@ def reference_verdict(reference: str, pairs: list[dict]) -> str:
     parts = ([f"above {reference} beyond noise: {', '.join(above)}"] if above else []) + (
         [f"below {reference} beyond noise: {', '.join(below)}"] if below else [])
     if noisy:
-        mdds = sorted(p["mdd"] for p in noisy)
-        size = f"{mdds[0]:.3f}" if mdds[0] == mdds[-1] else f"{mdds[0]:.3f} to {mdds[-1]:.3f}"
-        parts.append(f"within noise of {reference}: {', '.join(p['other'] for p in noisy)} (gaps of {size} "
+        parts.append(f"within noise of {reference}: {', '.join(p['other'] for p in noisy)} (gaps of {_mdd_range(noisy)} "
                      f"would have been found {stats.POWER:.0%} of the time)")
     text = "; ".join(parts)
     return text[0].upper() + text[1:] + "."
