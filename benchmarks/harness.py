@@ -81,11 +81,11 @@ def run_suite(suite: str | Path, out: str | Path | None = None, dry_run: bool = 
         """Fill in run i and rewrite the partial report (main process only)."""
         plan, head = plans[i], _head(i, plans)
         run_dir = Path(plan.cfg.run_dir)
-        spent.extend([elapsed] if elapsed is not None else [])
         entry = {"label": plan.label, "algorithm": plan.algorithm, "seed": plan.seed, "run_dir": str(run_dir),
                  "elapsed_s": elapsed}
         if (run_dir / "summary.json").exists():
             entry |= {"status": "finished"} | report.read_run(run_dir, spec.target_score)
+            spent.extend([_run_cost(elapsed, entry["wall_s"])] if elapsed is not None else [])
             left = sum(r is None for r in results["runs"]) - 1
             eta = f", about {_duration(left * sum(spent) / len(spent) / jobs)} left" if spent and left > 0 else ""
             _say(f"{head}: final {entry['final_score']:.3f} (base {report.fmt(entry['base_score'])}), "
@@ -134,6 +134,13 @@ def _write(results: dict, out: Path, final: bool) -> None:
     partial = dict(results, runs=[r for r in results["runs"] if r is not None])
     report.write(report.summarise(partial), out, with_plots=final)
     results.update(aggregate=partial["aggregate"], comparison=partial["comparison"])
+
+
+def _run_cost(elapsed: float, wall_s: float) -> float:
+    """Seconds a whole run takes, for the estimate of the time left. A run resumed halfway spent only its second
+    half in this invocation, so its elapsed time is short; its training wall-clock (wall_s, summed over every
+    invocation, evaluations excluded) is then the better measure of a whole run."""
+    return max(elapsed, wall_s)
 
 
 def _head(i: int, plans: list[RunPlan]) -> str:

@@ -132,6 +132,13 @@ def test_suite_errors_name_the_key(toy_suite, tmp_path):
         suite.load_suite("no-such-suite")
 
 
+def test_time_left_counts_a_resumed_run_as_a_whole_run():
+    # resumed at update 60 of 120: 300 s in this invocation, 590 s of training over both
+    assert harness._run_cost(elapsed=300.0, wall_s=590.0) == 590.0
+    # a run from the start: its elapsed time also holds the evaluations, which wall_s leaves out
+    assert harness._run_cost(elapsed=640.0, wall_s=590.0) == 640.0
+
+
 def test_bundled_suites_resolve():
     grpo = {"flow_grpo", "dance_grpo", "chunk_grpo"}
     for name, algorithms, seeds in (("smoke", grpo, [0, 1]), ("tiny", grpo | {"diffusion_nft", "awm"}, [0, 1, 2, 3, 4])):
