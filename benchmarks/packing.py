@@ -8,9 +8,11 @@ each algorithm (its own grouping and draw, the trainer's minibatch split, on ran
 few updates and packs them with the trainer's code; no model is run. With `--processes P` each
 process packs its own trajectories; with `--sharded` too, the passes run in lockstep
 (genrl.passes.in_lockstep: every process calls the model as often as the busiest), and the filler
-calls count as padding.
+calls count as padding. `--draw balanced` draws the minibatches so that every process holds as many
+groups of each (`train.minibatch_draw`, genrl.training_batch.minibatch_groups), which is what removes
+most fillers; by default each config's own draw.
 
-    python -m genrl.benchmarks.packing [--updates 5] [--processes 1 [--sharded]]
+    python -m genrl.benchmarks.packing [--updates 5] [--processes 1 [--sharded]] [--draw random|balanced]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from genrl import config
 from genrl.algorithms.grpo import StepRows
 from genrl.build import build_algorithm
 from genrl.passes import model_rows, unit_passes
+from genrl.training_batch import minibatch_groups
 
 EVERY_STEP = ["flow_grpo.sde_window=null", "dance_grpo.sde_window=null", "chunk_grpo.sde_window=null"]
 # label -> (config name, overrides); None: the default config, the main job (SDE window of 4 steps)
@@ -52,9 +55,8 @@ def minibatch_passes(cfg: config.Config, update: int, processes: int, generator:
     n, k = prompts * group, cfg.sampling.num_steps
     group_id = torch.arange(prompts).repeat_interleave(group)
     assignment = algorithm.units(torch.rand(n, k, generator=generator), update, generator).assignment  # [N, K]
-    order = torch.arange(prompts)[torch.randperm(prompts, generator=generator)]  # as Trainer.optimise
     out = []
-    for minibatch in order.chunk(cfg.train.minibatches):
+    for minibatch in minibatch_groups(prompts, cfg.train.minibatches, cfg.train.minibatch_draw, generator):  # as Trainer.optimise
         now, before = [], []
         for rank in range(processes):
             local = slice(rank * n // processes, (rank + 1) * n // processes)
@@ -79,11 +81,12 @@ def total_rows(per_process: list[list[int]], micro_batch: int, lockstep: bool) -
     return len(per_process) * model_rows([max(column) for column in zip(*padded)], micro_batch)
 
 
-def measure(updates: int = 5, processes: int = 1, sharded: bool = False, configs: dict = CONFIGS) -> list[dict]:
+def measure(updates: int = 5, processes: int = 1, sharded: bool = False, configs: dict = CONFIGS,
+            draw: str | None = None) -> list[dict]:
     results = []
     for label, (name, overrides) in configs.items():
         for algorithm in ALGORITHMS:
-            cfg = config.load(name, [*overrides, f"algorithm={algorithm}"])
+            cfg = config.load(name, [*overrides, f"algorithm={algorithm}", *([f"train.minibatch_draw={draw}"] if draw else [])])
             generator = torch.Generator().manual_seed(0)
             trained = rows_now = rows_before = 0
             for update in range(updates):
@@ -92,6 +95,7 @@ def measure(updates: int = 5, processes: int = 1, sharded: bool = False, configs
                     rows_now += total_rows(minibatch["now"], cfg.sampling.micro_batch, sharded)
                     rows_before += total_rows(minibatch["before"], cfg.sampling.micro_batch, sharded)
             results.append({"config": label, "algorithm": algorithm, "processes": processes,
+                            "draw": cfg.train.minibatch_draw,
                             "micro_batch": cfg.sampling.micro_batch, "trained_rows": trained,
                             "model_rows": rows_now, "padding": 1 - trained / rows_now,
                             "model_rows_before": rows_before, "padding_before": 1 - trained / rows_before})
@@ -103,13 +107,14 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=5)
     parser.add_argument("--processes", type=int, default=1, help="processes sharing each update")
     parser.add_argument("--sharded", action="store_true", help="the processes' passes in lockstep (--sharding)")
+    parser.add_argument("--draw", choices=("random", "balanced"), help="train.minibatch_draw (default: each config's)")
     args = parser.parse_args()
     print(f"training rows over {args.updates} updates, {args.processes} process(es)"
           f"{' in lockstep' if args.sharded else ''}; padding = 1 - trained / model rows")
-    print(f"{'config':<13} {'algorithm':<11} {'micro-batch':>11} {'trained':>8} {'model rows':>10} {'padding':>8}"
+    print(f"{'config':<13} {'algorithm':<11} {'draw':<8} {'micro-batch':>11} {'trained':>8} {'model rows':>10} {'padding':>8}"
           f" {'before':>10} {'padding':>8}")
-    for r in measure(args.updates, args.processes, args.sharded):
-        print(f"{r['config']:<13} {r['algorithm']:<11} {r['micro_batch']:>11} {r['trained_rows']:>8} {r['model_rows']:>10}"
+    for r in measure(args.updates, args.processes, args.sharded, draw=args.draw):
+        print(f"{r['config']:<13} {r['algorithm']:<11} {r['draw']:<8} {r['micro_batch']:>11} {r['trained_rows']:>8} {r['model_rows']:>10}"
               f" {r['padding']:>8.2%} {r['model_rows_before']:>10} {r['padding_before']:>8.2%}")
 
 

@@ -73,6 +73,12 @@ class TrainConfig:
     prompts_per_update: int = _field(8, "distinct prompts per rollout batch")
     group_size: int = _field(8, "G, samples per prompt (a GRPO group); at least 2")
     minibatches: int = _field(2, "optimizer steps per rollout batch (trajectories split evenly, groups kept whole)")
+    minibatch_draw: str = _field(
+        "random",
+        "which groups share a minibatch: random (a permutation of all groups, cut into train.minibatches) or balanced "
+        "(each minibatch one group of every train.minibatches consecutive ones: every process of a sharded run holds "
+        "as many groups of each minibatch, so none waits on lockstep fillers, as in Flow-GRPO's per-GPU minibatches)",
+        choices=("random", "balanced"))
     lr: float = _field(3e-4, "AdamW learning rate (the peak, under a schedule)")
     lr_schedule: str = _field("constant", "learning rate over the updates: constant, or cosine decay to 0 at train.updates",
                               choices=("constant", "cosine"))

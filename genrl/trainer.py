@@ -27,7 +27,7 @@ from genrl.resume import fixed_config
 from genrl.rewards import score
 from genrl.rundir import RunDir, default_run_dir
 from genrl.train_state import Progress, TrainState
-from genrl.training_batch import TrainingBatch, UpdateContext
+from genrl.training_batch import TrainingBatch, UpdateContext, minibatch_groups
 
 __all__ = ["StabilityMonitor", "Trainer", "TrainingStopped", "avoid_cudnn_attention", "learning_rate", "train"]
 
@@ -102,9 +102,10 @@ class Trainer:
     def optimise(self, batch: TrainingBatch, group_id: torch.Tensor, local_groups: torch.Tensor) -> dict:
         """Minibatches of whole groups, in an order drawn on the global batch; one optimizer step each."""
         groups = torch.unique(group_id)
-        order = groups[torch.randperm(len(groups), generator=self.generator)]
         stats = []
-        for minibatch in order.chunk(self.cfg.train.minibatches):
+        for drawn in minibatch_groups(len(groups), self.cfg.train.minibatches, self.cfg.train.minibatch_draw,
+                                      self.generator):
+            minibatch = groups[drawn]
             trajectories = torch.isin(local_groups, minibatch).nonzero().flatten()
             stats.append(self.step(batch, batch.rows(trajectories)))
         return merge_stats(stats) | batch.stats

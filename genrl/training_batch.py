@@ -27,6 +27,24 @@ from tensordict import TensorDictBase
 from torch import Tensor
 
 
+def minibatch_groups(num_groups: int, minibatches: int, draw: str, generator: torch.Generator) -> list[Tensor]:
+    """The group ids of each minibatch, drawn on the global batch (the same on every process).
+
+    random: a permutation of the groups cut into `minibatches` parts. balanced: one random permutation per
+    block of `minibatches` consecutive groups, whose i-th group goes to minibatch i. A process of a sharded run
+    holds consecutive groups, so when its count is a multiple of `minibatches` it holds as many groups of every
+    minibatch as any other, and its passes line up with theirs without lockstep fillers; one process draws
+    the same minibatches as N."""
+    if draw == "random":
+        return list(torch.randperm(num_groups, generator=generator).chunk(minibatches))
+    if num_groups % minibatches:
+        raise ValueError(f"a balanced draw needs whole blocks: {num_groups} groups, {minibatches} minibatches")
+    blocks = num_groups // minibatches
+    dealt = torch.stack([torch.randperm(minibatches, generator=generator) for _ in range(blocks)])  # [blocks, M]
+    groups = dealt + minibatches * torch.arange(blocks)[:, None]  # block b's groups b·M … b·M + M − 1, dealt
+    return list(groups.T)  # minibatch i: the i-th dealt group of every block
+
+
 @dataclass
 class UpdateContext:
     update: int  # index of this update (0-based), for schedules

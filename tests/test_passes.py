@@ -126,3 +126,24 @@ def test_packed_passes_give_the_gradient_of_the_mean_over_the_minibatchs_units()
     assert len(one_pass) == 1
     for a, b in zip(gradient(packed), gradient(one_pass)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+
+
+def test_a_balanced_draw_gives_every_process_as_many_groups_of_each_minibatch():
+    from genrl.training_batch import minibatch_groups
+
+    groups, minibatches, processes = 48, 2, 8  # sd35m.yaml: 48 prompts, 2 minibatches, on 8 GPUs
+    drawn = minibatch_groups(groups, minibatches, "balanced", torch.Generator().manual_seed(0))
+    assert sorted(torch.cat(drawn).tolist()) == list(range(groups))  # every group once
+    for minibatch in drawn:
+        held = torch.bincount(minibatch // (groups // processes), minlength=processes)  # process p: consecutive groups
+        assert held.tolist() == [groups // processes // minibatches] * processes
+        assert sorted((minibatch // minibatches).tolist()) == list(range(groups // minibatches))  # one per block
+    # still random: which group of a block goes to which minibatch changes with the draw
+    other = minibatch_groups(groups, minibatches, "balanced", torch.Generator().manual_seed(1))
+    assert any(not torch.equal(a, b) for a, b in zip(drawn, other))
+    # a random draw is what the trainer drew before the option existed: the same generator, the same minibatches
+    old = torch.randperm(groups, generator=torch.Generator().manual_seed(0)).chunk(minibatches)
+    new = minibatch_groups(groups, minibatches, "random", torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(old, new))
+    held = [torch.bincount(m // (groups // processes), minlength=processes) for m in new]
+    assert any(h.max() > groups // processes // minibatches for h in held)  # what lockstep fillers wait on

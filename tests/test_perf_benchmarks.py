@@ -37,6 +37,16 @@ def test_the_previous_rule_closed_a_pass_before_it_would_exceed_the_micro_batch(
     assert packing.previous_rule([2, 7, 3, 1, 4], 4) == [2, 7, 4, 4]
 
 
+def test_a_balanced_minibatch_draw_removes_the_lockstep_fillers_of_sharded_runs():
+    configs = {"flux.yaml": packing.CONFIGS["flux.yaml"]}
+    random, balanced = (packing.measure(2, processes=8, sharded=True, configs=configs, draw=d) for d in ("random", "balanced"))
+    by_algorithm = {r["algorithm"]: r for r in random}
+    for r in balanced:
+        assert r["padding"] < by_algorithm[r["algorithm"]]["padding"]
+        if r["algorithm"] != "chunk_grpo":  # the same units in every trajectory: the processes' passes line up
+            assert r["padding"] == 0 and by_algorithm[r["algorithm"]]["padding"] >= 0.3
+
+
 def test_at_the_flux_suites_shapes_the_rollout_and_a_minibatch_stay_near_their_minimum():
     r = memory.computed("flux-hps", "chunk_grpo")
     assert (r["trajectories"], r["K"], r["rows"]) == (192, 17, 17)

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from genrl import cli, config
+from genrl import cli, config, keys
 from genrl.algorithms import grouping
 from genrl.trainer import Trainer
 
@@ -47,6 +47,32 @@ def test_training_changes_the_trainable_parameters_only(toy_overrides):
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     trainable = {k for k, p in trainer.parts.adapter.named_parameters() if p.requires_grad}
     assert changed and changed <= trainable
+
+
+def test_the_trainer_draws_its_minibatches_as_configured(toy_overrides, monkeypatch):
+    from genrl import trainer as trainer_module
+
+    drawn, seen = [], []
+    real_draw, real_step = trainer_module.minibatch_groups, Trainer.step
+
+    def spy_draw(*args):
+        drawn.append((args[:3], real_draw(*args)))
+        return drawn[-1][1]
+
+    def spy_step(self, batch, rows):
+        seen.append(sorted(set(rows.get(keys.TRAJECTORY).tolist())))
+        return real_step(self, batch, rows)
+
+    monkeypatch.setattr(trainer_module, "minibatch_groups", spy_draw)
+    monkeypatch.setattr(Trainer, "step", spy_step)
+    cfg = config.load(overrides=[*toy_overrides, "train.prompts_per_update=4", "train.updates=1",
+                                 "train.minibatch_draw=balanced"])
+    Trainer(cfg).run()
+    (args, minibatches), = drawn
+    assert args == (4, 2, "balanced")
+    for groups, trajectories in zip(minibatches, seen):
+        assert sorted((groups // 2).tolist()) == [0, 1]  # one group of the block 0-1, one of 2-3
+        assert trajectories == sorted(t for g in groups.tolist() for t in range(4 * g, 4 * g + 4))  # group_size 4
 
 
 @pytest.mark.parametrize("extra", [[], ["train.ema=0.5"]], ids=["live", "ema"])
