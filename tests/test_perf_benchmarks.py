@@ -6,7 +6,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from genrl.benchmarks import memory, packing, scaling
+from genrl.benchmarks import cpu_speed, memory, packing, scaling
 
 
 def test_the_fit_recovers_a_linear_cost_and_shows_a_super_linear_one_in_its_residuals():
@@ -80,3 +80,32 @@ def test_the_gpu_update_loads_its_random_weight_folders_and_times_every_phase(mo
     assert phases["training"]["nfe"] == 4 * 9 * 2 * 2  # 9 trained steps each, CFG, the policy and its KL reference
     assert r["gflops_per_row"]["forward_backward"] > r["gflops_per_row"]["forward"] > 0
     assert phases["training"]["tflops_per_s"] > 0 and phases["rollout"]["mfu"] is None  # no peak known on a CPU
+
+
+def test_the_cpu_speed_benchmark_compares_one_process_with_data_parallel_processes(tmp_path):
+    """Layouts, the time per update read from cumulative wall_s, and the metrics check, on synthetic rows;
+    then one run of every layout of a tiny model, so the command lines are ones genrl accepts."""
+    assert [(c.processes, c.threads, c.draw) for c in cpu_speed.layouts(cores=4, processes=2)] == [
+        (1, 4, "random"), (1, 4, "balanced"), (2, 2, "random"), (2, 2, "balanced")]
+    rows = [{"wall_s": w, "reward_mean": 0.5, "grad_norm": 0.01} for w in (5.0, 6.0, 8.0, 10.0)]
+    assert cpu_speed.seconds_per_update(rows, warmup=1) == pytest.approx(5.0 / 3)
+    assert cpu_speed.seconds_per_update(rows, warmup=0) == pytest.approx(2.5)
+    with pytest.raises(ValueError, match="leave none"):
+        cpu_speed.seconds_per_update(rows, warmup=4)
+    assert cpu_speed.same_metrics(rows, [dict(r, grad_norm=0.01 * (1 + 1e-6)) for r in rows])
+    assert not cpu_speed.same_metrics(rows, [dict(r, reward_mean=0.51) for r in rows])
+    assert not cpu_speed.same_metrics(rows, rows[:3])
+
+    tiny = ["model.options={pretrained: false, num_layers: 1, attention_head_dim: 8, finetune: full}",
+            "train.prompts_per_update=4", "train.group_size=2", "sampling.num_steps=6"]
+    results = cpu_speed.measure(updates=2, warmup=1, repeats=1, processes=2, cores=2, overrides=tiny)
+    assert [r["same_metrics_as"] for r in results] == [None, None, "1 process × 2 thread(s), random draw",
+                                                        "1 process × 2 thread(s), balanced draw"]
+    assert results[0]["speedup"] == 1.0 and all(r["s_per_update"] > 0 for r in results)
+
+
+def test_the_autocast_check_times_both_precisions_and_measures_the_bf16_error():
+    r = cpu_speed.autocast_check(micro_batch=4, repeats=1, calls=1)
+    assert r["forward"] > 0 and r["forward_backward"] > 0 and len(r["ms"]) == 4
+    assert 0 < r["relative_error"] < 0.1  # bf16 rounds (8 bits of mantissa), but computes the same velocity
+    assert isinstance(r["grad_equals_no_grad"], bool)
