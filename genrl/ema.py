@@ -49,9 +49,31 @@ class ParameterEMA:
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
-        """Within this context the adapter holds the averaged weights; the live ones come back after."""
+        """Within this context the adapter holds the averaged weights; the live ones come back after.
+
+        The parameters are pointed at the average's storage and back (no copy, no second set of weights
+        in memory: DiffusionNFT enters this at every rollout step and training pass). Sharded
+        parameters are copied instead: FSDP gathers from its own shard buffers, which a parameter's
+        `.data` is only a view of. Within the context nothing may train the parameters or update the
+        average (they share storage)."""
         self.settle()
-        live = self.adapter.trainable_state_dict()
+        params = dict(self.adapter.named_parameters())
+        if any(sharding.is_sharded(params[name]) for name in self.average):
+            with self._copied(params):
+                yield
+            return
+        live = {name: params[name].data for name in self.average}
+        for name, average in self.average.items():
+            params[name].data = average  # the same storage: the parameter reads the average
+        try:
+            yield
+        finally:
+            for name, tensor in live.items():
+                params[name].data = tensor
+
+    @contextlib.contextmanager
+    def _copied(self, params: dict) -> Iterator[None]:
+        live = {name: params[name].detach().clone() for name in self.average}
         self.adapter.load_trainable_state_dict(self.average)
         try:
             yield

@@ -25,6 +25,32 @@ def test_the_average_moves_by_one_minus_decay_and_applied_restores_the_live_weig
     assert all(torch.equal(adapter.trainable_state_dict()[k], live[k]) for k in start)
 
 
+def test_applied_points_the_parameters_at_the_average_instead_of_copying_it(toy_overrides):
+    """No second set of weights: inside the context each parameter (the same object, so the optimizer's
+    state still points at it) reads the average's storage, and its own comes back after; a gradient
+    taken across the context is the live weights' one."""
+    adapter = build_model(config.load(overrides=toy_overrides))
+    ema = ParameterEMA(adapter, decay=0.5)
+    with torch.no_grad():
+        for p in adapter.trainable_parameters():
+            p.mul_(2.0).add_(0.1)
+    names = dict(adapter.named_parameters())
+    live_ptr = {k: names[k].data_ptr() for k in ema.average}
+    average_ptr = {k: v.data_ptr() for k, v in ema.average.items()}
+    x = torch.randn(2, *adapter.latent_shape)
+    cond = adapter.encode(["a", "b"])
+    loss = adapter.velocity(x, torch.full((2,), 0.5), cond).square().mean()  # a graph on the live weights
+    with torch.no_grad(), ema.applied():
+        assert {k: names[k].data_ptr() for k in ema.average} == average_ptr
+        assert all(names[k] is p for k, p in dict(adapter.named_parameters()).items())
+    assert {k: names[k].data_ptr() for k in ema.average} == live_ptr
+    assert {k: v.data_ptr() for k, v in ema.average.items()} == average_ptr
+    loss.backward()
+    expected = torch.autograd.grad(adapter.velocity(x, torch.full((2,), 0.5), cond).square().mean(),
+                                   adapter.trainable_parameters())
+    assert all(torch.allclose(p.grad, g) for p, g in zip(adapter.trainable_parameters(), expected))
+
+
 @pytest.mark.parametrize("decay", [1.0, -0.1])
 def test_an_impossible_decay_is_a_config_error(toy_overrides, decay):
     with pytest.raises(config.ConfigError, match="train.ema"):
