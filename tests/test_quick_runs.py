@@ -82,10 +82,10 @@ def test_help_config_shows_the_bundled_configs_values(capsys):
     assert cli.main(["train", "--help-config"]) == 0
     rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines() if line and "." in line.split()[0]}
     bundled = config.load()
-    assert rows["train.updates"] == repr(bundled.train.updates) == "100"
-    assert rows["train.lr"] == repr(bundled.train.lr) == "0.00012"
+    assert rows["train.updates"] == repr(bundled.train.updates) == "200"
+    assert rows["train.lr"] == repr(bundled.train.lr) == "6e-05"
     assert rows["log.eval_seeds"] == "16" and rows["reward.name"] == "'multi'"
-    assert config.Config().train.lr != bundled.train.lr  # not the dataclass default
+    assert config.Config().train.updates != bundled.train.updates  # not the dataclass default
     assert cli.main(["train", "--help-config", "train.updates=7"]) == 0
     assert any(line.split()[:2] == ["train.updates", "7"] for line in capsys.readouterr().out.splitlines())
 
