@@ -8,7 +8,7 @@ are imported when first asked for by name; a user's own registers with `@registe
 from __future__ import annotations
 
 from genrl.errors import RewardError
-from genrl.rewards.base import REWARDS, RewardFn, checked_call, load, register, score
+from genrl.rewards.base import REWARDS, RewardFn, checked_call, is_groupwise, load, register, score
 
 REWARDS.provide({
     "shapeeval": "genrl.rewards.shapeeval",
@@ -22,6 +22,8 @@ REWARDS.provide({
     "hpsv2": "genrl.rewards.hpsv2",
     "hpsv3": "genrl.rewards.hpsv3",
     "imagereward": "genrl.rewards.imagereward",
+    "pairwise": "genrl.rewards.pairwise",
+    "remote": "genrl.rewards.remote",
 })
 
-__all__ = ["REWARDS", "RewardError", "RewardFn", "checked_call", "load", "register", "score"]
+__all__ = ["REWARDS", "RewardError", "RewardFn", "checked_call", "is_groupwise", "load", "register", "score"]

@@ -2,6 +2,8 @@
 
 A reward is a callable `reward(images [N,3,H,W] in [0,1], prompts) -> Tensor [N]`,
 run under no_grad on the trainer's device. `checked_call` validates what it returns.
+A groupwise reward (class attribute `groupwise = True`, e.g. `pairwise`) scores a prompt's
+group together: `reward(images, prompts, group_ids [N]) -> [N]`; it is given whole groups.
 """
 
 from __future__ import annotations
@@ -26,20 +28,37 @@ def load(name: str, **options) -> RewardFn:
     return REWARDS.get(name)(**options)
 
 
+def is_groupwise(reward) -> bool:
+    """Whether `reward` scores a prompt's group together (`reward(images, prompts, group_ids)`)."""
+    return bool(getattr(reward, "groupwise", False))
+
+
+def groups_of_prompts(prompts: Sequence[str]) -> Tensor:
+    """Group ids [N] when none are given (an evaluation, a gym env): the images of one prompt are a group."""
+    ids: dict[str, int] = {}
+    return torch.tensor([ids.setdefault(p, len(ids)) for p in prompts], dtype=torch.int64)
+
+
 def score(reward: RewardFn, images: Tensor, prompts: Sequence[str], group_id: Tensor, normalize: str = "none",
           name: str | None = None) -> Tensor:
     """The rewards [N] of a batch, checked; a reward of several `components` (multi) is their weighted sum,
-    each z-scored within its prompt group first when normalize="group" (genrl.advantages.combine_rewards)."""
+    each z-scored within its prompt group first when normalize="group" (genrl.advantages.combine_rewards).
+    A groupwise reward is given `group_id` (the trainer's batches hold whole groups)."""
     if hasattr(reward, "components"):
-        return combine_rewards(reward.components(images, prompts), reward.weights, group_id, normalize)
-    return checked_call(reward, images, prompts, name)
+        return combine_rewards(reward.components(images, prompts, group_id), reward.weights, group_id, normalize)
+    return checked_call(reward, images, prompts, name, group_id)
 
 
-def checked_call(reward: RewardFn, images: Tensor, prompts: Sequence[str], name: str | None = None) -> Tensor:
-    """Call a reward under no_grad and reject a wrong shape or non-finite values, naming the culprit."""
+def checked_call(reward: RewardFn, images: Tensor, prompts: Sequence[str], name: str | None = None,
+                 group_ids: Tensor | None = None) -> Tensor:
+    """Call a reward under no_grad and reject a wrong shape or non-finite values, naming the culprit.
+    A groupwise reward gets `group_ids` (default: one group per distinct prompt)."""
     name = name or getattr(reward, "name", type(reward).__name__)
     with torch.no_grad():
-        scores = reward(images, prompts)
+        if is_groupwise(reward):
+            scores = reward(images, prompts, groups_of_prompts(prompts) if group_ids is None else group_ids)
+        else:
+            scores = reward(images, prompts)
     if not isinstance(scores, Tensor) or scores.shape != (len(prompts),):
         shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
         raise RewardError(f"reward {name!r} returned shape {shape}, expected ({len(prompts)},)")
