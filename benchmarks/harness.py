@@ -36,6 +36,7 @@ from pathlib import Path
 
 import yaml
 
+from genrl import dirlock
 from genrl.benchmarks import report
 from genrl.benchmarks.suite import RunPlan, load_suite, plan_runs
 from genrl.config import ConfigError
@@ -45,11 +46,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run_suite(suite: str | Path, out: str | Path | None = None, dry_run: bool = False,
-              overrides: list[str] | tuple = (), jobs: int = 1) -> dict:
-    """Run (or resume) a suite into OUT; write results.json, table.md and the PNG plots; return the results."""
+              overrides: list[str] | tuple = (), jobs: int = 1, imports: list[str] | tuple = ()) -> dict:
+    """Run (or resume) a suite into OUT; write results.json, table.md and the PNG plots; return the results.
+    `imports`: modules of your own algorithms etc. (genrl.plugins), added to every run's `imports:`."""
     spec = load_suite(suite)
     out = Path(out) if out else Path("bench_out") / (spec.name + ("-dry-run" if dry_run else ""))
-    plans = plan_runs(spec, dry_run, list(overrides), out)
+    plans = plan_runs(spec, dry_run, list(overrides), out, list(imports))
     # Under `accelerate launch` (genrl bench --num-processes N) every process runs every run together;
     # only the main process prints and writes the suite's files.
     global _MAIN
@@ -59,6 +61,15 @@ def run_suite(suite: str | Path, out: str | Path | None = None, dry_run: bool = 
         raise ConfigError(f"--jobs={jobs!r} is not allowed: expected a number of runs side by side >= 1")
     if jobs > 1 and dist.world > 1:
         raise ConfigError("--jobs runs whole runs side by side, --num-processes splits each run: use one of them")
+    # One suite at a time in OUT: a second `genrl bench` on it is refused in one line naming the first's PID
+    # (the main process holds the lock; the kernel drops it however the process ends).
+    with dirlock.hold(out, "bench output directory") if dist.is_main else contextlib.nullcontext():
+        return _run_suite_in(spec, out, plans, dist, dry_run, list(overrides), jobs)
+
+
+def _run_suite_in(spec, out: Path, plans: list[RunPlan], dist: Dist, dry_run: bool, overrides: list[str],
+                  jobs: int) -> dict:
+    """run_suite once its inputs are checked and OUT is this process's."""
     out.mkdir(parents=True, exist_ok=True)
     _say(f"suite {spec.name}: {len(plans)} runs ({len(spec.algorithms)} algorithms x {len(spec.seeds)} seeds), "
          f"{spec.budget_nfe:,} NFE each{' [dry run: 1 update each]' if dry_run else ''}"
@@ -211,7 +222,7 @@ def _run_side_by_side(plans: list[RunPlan], jobs: int, record) -> None:
             multiprocessing.connection.wait([c.sentinel for c, _, _ in running.values()])
             for i in [i for i, (c, _, _) in running.items() if not c.is_alive()]:
                 child, receive, t0 = running.pop(i)
-                status = receive.recv() if receive.poll() else (
+                status = _received(receive) or (
                     "interrupted" if stop else f"error: its process exited with code {child.exitcode}")
                 if status.startswith("error: "):
                     errors.append(f"{_head(i, plans)}: {status[len('error: '):]}")
@@ -230,6 +241,15 @@ def _run_side_by_side(plans: list[RunPlan], jobs: int, record) -> None:
         raise RuntimeError("; ".join(errors) + " (the other runs checkpointed; the same command resumes)")
     if stop:
         raise KeyboardInterrupt
+
+
+def _received(receive) -> str | None:
+    """The status a child sent, or None when it ended without sending one (e.g. stopped by Ctrl-C while it was
+    still starting: its end of the pipe is then closed, which `poll` reports as readable)."""
+    try:
+        return receive.recv() if receive.poll() else None
+    except EOFError:
+        return None
 
 
 def _kept_or_checked(plan: RunPlan, head: str) -> bool:
@@ -258,7 +278,10 @@ def _child(plan: RunPlan, head: str, threads: int, send) -> None:
 
     import torch
 
+    from genrl import plugins
+
     torch.set_num_threads(threads)
+    plugins.load(plan.cfg.imports)  # a fresh interpreter: register the run's own algorithm, grouping ... again
     plan.cfg.log.progress = False  # bars of several processes would overwrite each other
     try:
         status = _run_one(plan, Path(plan.cfg.run_dir), head, Dist(plan.cfg.device))

@@ -39,7 +39,7 @@ from pathlib import Path
 import yaml
 
 import genrl.algorithms  # noqa: F401  (registers the algorithms whose sections config parses)
-from genrl import config
+from genrl import config, plugins
 from genrl.config import ConfigError
 
 SUITES_DIR = Path(__file__).parent / "suites"
@@ -99,7 +99,9 @@ def load_suite(suite: str | Path) -> Suite:
     """Read and check a suite YAML; errors name the key, the value and what is allowed."""
     path = find_suite(suite)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    except _DuplicateKey as err:
+        raise ConfigError(f"suite {str(path)!r}: {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"suite {str(path)!r} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
@@ -112,6 +114,8 @@ def load_suite(suite: str | Path) -> Suite:
         if not ok:
             raise ConfigError(f"suite {path.name}: {key}={data.get(key)!r} is not allowed: expected {allowed}")
 
+    need(_LABEL.match(str(data.get("name", path.stem))) is not None, "name",
+         "one folder name of letters, digits, _ . - (the suite writes bench_out/NAME)")
     need(isinstance(data.get("algorithms"), dict) and data["algorithms"], "algorithms",
          "a non-empty mapping label -> options section, e.g. {flow_grpo: {}, chunk_grpo: {}}")
     for label, section in data["algorithms"].items():
@@ -141,6 +145,28 @@ def load_suite(suite: str | Path) -> Suite:
         reference=None if reference is None else str(reference),
         description=str(data.get("description", "")), dry_run_overrides=data.get("dry_run_overrides") or [],
     )
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, but a key given twice in one mapping is an error: YAML keeps the last silently, which
+    would drop an arm of the suite (two `flow_grpo:` labels) without a word."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` may repeat keys on purpose; a non-scalar key is refused by yaml itself
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise _DuplicateKey(f"key {key!r} is given twice in one mapping (again at line "
+                                    f"{key_node.start_mark.line + 1}); YAML would keep only the last: give each "
+                                    "its own name, or remove one")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def _merge(data: dict, patch: dict) -> dict:
@@ -176,12 +202,15 @@ def _base_config(suite: Suite) -> dict:
     return config.load_yaml(beside if beside.is_file() else suite.base)
 
 
-def plan_runs(suite: Suite, dry_run: bool = False, overrides: list[str] | tuple = (), out: Path | None = None) -> list[RunPlan]:
+def plan_runs(suite: Suite, dry_run: bool = False, overrides: list[str] | tuple = (), out: Path | None = None,
+              imports: list[str] | tuple = ()) -> list[RunPlan]:
     """One validated Config per (label, seed), in the order they will run (seed-major, so a suite cut short
     still has every algorithm on its first seeds)."""
     _refuse_harness_keys(suite.overrides, f"suite {suite.name}: overrides")
     _refuse_harness_keys(list(overrides), "a command-line override")
     common = _apply(_base_config(suite), suite.overrides)
+    _check_algorithms(suite, plugins.merged(plugins.listed(_apply(common, list(overrides)).get("imports"), "imports"),
+                                            imports))
     plans = []
     for seed in suite.seeds:
         for label, entry in suite.algorithms.items():
@@ -197,6 +226,8 @@ def plan_runs(suite: Suite, dry_run: bool = False, overrides: list[str] | tuple 
                                  "log": {"eval_every": suite.eval_every, "eval_at_start": True, "eval_at_end": True}})
             if dry_run:
                 data = _apply(_apply(data, DRY_RUN_OVERRIDES), suite.dry_run_overrides)
+            if imports:  # `genrl bench --import M`: kept in each run's config.yaml, as `genrl train --import` does
+                data["imports"] = plugins.merged(plugins.listed(data.get("imports"), "imports"), imports)
             try:
                 cfg = config.from_dict(data)
             except ConfigError as err:
@@ -205,6 +236,20 @@ def plan_runs(suite: Suite, dry_run: bool = False, overrides: list[str] | tuple 
                 cfg.train.updates = update_cap(cfg)
             plans.append(RunPlan(label, algorithm, seed, cfg))
     return plans
+
+
+def _check_algorithms(suite: Suite, imports: list[str]) -> None:
+    """Each label's algorithm must be registered (after importing `imports`), named in one line rather than
+    as the config's "unknown key" for the section the label would add."""
+    plugins.load(imports)
+    known = config.ALGORITHMS.names()
+    for label, entry in suite.algorithms.items():
+        algorithm = str(entry.get("algorithm", label))
+        if algorithm not in known:
+            named = f"names the algorithm {algorithm!r}" if "algorithm" in entry else "is not an algorithm's name"
+            raise ConfigError(f"suite {suite.name}: algorithms label {label!r} {named}; registered algorithms: "
+                              f"{', '.join(known)} (a variant label names its algorithm with `algorithm: NAME`; "
+                              f"if it is your own algorithm, it is {plugins.HOW_TO_REGISTER})")
 
 
 def update_cap(cfg: config.Config) -> int:
