@@ -26,5 +26,8 @@ from genrl.algorithms.grpo import GRPO  # noqa: E402
 from genrl.algorithms import chunk_grpo, dance_grpo, flow_grpo  # noqa: E402,F401
 # The forward-process family (algorithms/forward_process.py) registers when its name is first asked for.
 ALGORITHMS.provide({"diffusion_nft": "genrl.algorithms.diffusion_nft", "awm": "genrl.algorithms.awm"})
+# The tree family (algorithms/tree_grpo.py, docs/trees.md) likewise.
+ALGORITHMS.provide({"mix_grpo": "genrl.algorithms.mix_grpo", "branch_grpo": "genrl.algorithms.branch_grpo",
+                    "tempflow_grpo": "genrl.algorithms.tempflow_grpo"})
 
 __all__ = ["ALGORITHMS", "GRPO", "Algorithm", "get", "grouping", "names", "register"]

@@ -56,6 +56,11 @@ class Algorithm:
         """[K] bool: steps sampled with the SDE, hence trainable; the last step is always the ODE."""
         return stochastic_steps(self.num_steps, self.options.sde_window)
 
+    def rollout_structure(self, group_size: int):
+        """The sampling structure of its rollouts as a function of the rollout's index (genrl.envs.structures),
+        or None: G independent chains per prompt (every algorithm but the tree family, algorithms/tree_grpo.py)."""
+        return None
+
     @property
     def dynamics_params(self) -> dict:
         """Keyword arguments of the dynamics: the noise level under the name the formula uses."""

@@ -27,6 +27,8 @@ from genrl import dynamics, keys
 from genrl.errors import ConfigError, PromptError
 from genrl.models.base import ModelAdapter
 from genrl.noise import initial_noise
+from genrl.envs.layout import attach_latents
+from genrl.envs.tree import tree_rollout
 from genrl.rewards import checked_call
 
 _TRAJECTORY_IDS = (keys.GROUP_ID, keys.NOISE_SEED, keys.STEP_SEED, keys.PROMPT_INDEX)
@@ -77,7 +79,10 @@ class DenoisingEnv(EnvBase):
         seed: int = 0,
         device: str | torch.device = "cpu",
         shard: tuple[int, int] = (0, 1),
+        structure: Callable[[int], object] | None = None,
     ):
+        """`structure`: rollout index -> a sampling structure (genrl.envs.structures) or None for the
+        usual independent chains; None (the default) always samples chains."""
         sampler = prompts if isinstance(prompts, PromptSampler) else PromptSampler(prompts, prompts_per_batch, seed)
         rank, world = shard
         if sampler.per_batch % world:
@@ -96,6 +101,7 @@ class DenoisingEnv(EnvBase):
         self.shared_noise = shared_noise
         self.reward_fn = reward
         self.batch_prompts: list[str] = []
+        self.structure, self.rollouts = structure, 0  # rollouts: the index a moving structure reads
         self._make_spec(n)
         self._set_seed(seed)
 
@@ -139,11 +145,13 @@ class DenoisingEnv(EnvBase):
         (Not nn.Module's state_dict: the env holds no trainable state, and the adapter it
         samples with is checkpointed on its own.)
         """
-        return {"rng": self.rng.get_state(), "prompt_sampler": self.sampler.state_dict()}
+        state = {"rng": self.rng.get_state(), "prompt_sampler": self.sampler.state_dict()}
+        return state if self.structure is None else state | {"rollouts": self.rollouts}
 
     def load_state_dict(self, state: dict, *args, **kwargs) -> None:
         self.rng.set_state(state["rng"])
         self.sampler.load_state_dict(state["prompt_sampler"])
+        self.rollouts = state.get("rollouts", 0)
 
     # -- MDP -------------------------------------------------------------------------
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
@@ -234,6 +242,10 @@ class DenoisingEnv(EnvBase):
         the latents and the per-step scalars, and lets go of what a step computed on the way (the
         velocity, the mean μ_θ).
         """
+        if self.structure is not None:  # trees (genrl.envs.tree) where the rollout's structure forks
+            structure, self.rollouts = self.structure(self.rollouts), self.rollouts + 1
+            if structure is not None:
+                return tree_rollout(self, policy, structure)
         max_steps = self.num_steps if max_steps is None else max_steps
         td = self.reset() if auto_reset or tensordict is None else tensordict
         once = td.select(*_ONCE_PER_TRAJECTORY, strict=False)
@@ -298,13 +310,7 @@ def stack_steps(once: TensorDictBase, records: list[TensorDictBase], samples: li
     rows = records[:tail] + [_one_row(records[tail:])]
     out = torch.stack(rows, dim=1)  # [N, R]
     x = torch.stack(samples[: tail + 1] + [samples[-1]], dim=1)  # [N, R + 1, ...]
-    out.set(keys.LATENTS, x[:, :-1])
-    out.set(keys.ACTION, x[:, 1:])
-    out.set((keys.NEXT, keys.LATENTS), x[:, 1:])
-    shared = once.unsqueeze(1).expand(*once.batch_size, len(rows))
-    out.update(shared)
-    out.set(keys.NEXT, out.get(keys.NEXT).update(shared))
-    return out
+    return attach_latents(out, once, x)
 
 
 def _one_row(steps: list[TensorDictBase]) -> TensorDictBase:

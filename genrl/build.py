@@ -12,7 +12,6 @@ for `genrl bench --dry-run` and the tests).
 from __future__ import annotations
 
 import importlib
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +19,9 @@ import torch
 from genrl import algorithms, models, rewards
 from genrl.advantages import ADVANTAGES
 from genrl.config import Config, ConfigError
+from genrl.config_io import check_options
 from genrl.envs import DenoisingEnv, PromptSampler
+from genrl.envs.structures import chain_calls, check_budget
 from genrl.models.base import ModelAdapter
 from genrl.objective import Objective
 from genrl.policy import ModelCalls
@@ -50,17 +51,6 @@ class Components:
         return self.objective
 
 
-def _check_options(fn, options: dict, key: str, skip: int = 0) -> None:
-    """Reject options a constructor/strategy does not take, naming the config key."""
-    params = list(inspect.signature(fn).parameters.values())[skip:]
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return
-    allowed = {p.name for p in params}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ConfigError(f"{key} has unknown option(s) {unknown}; allowed: {sorted(allowed) or 'none'}")
-
-
 def build_algorithm(cfg: Config) -> algorithms.Algorithm:
     """The selected algorithm with its options; names in its options (grouping, advantage) checked."""
     options = cfg.algo
@@ -69,10 +59,28 @@ def build_algorithm(cfg: Config) -> algorithms.Algorithm:
             strategy = algorithms.grouping.get(options.grouping)
         except KeyError as err:
             raise ConfigError(f"{cfg.algorithm}.grouping={options.grouping!r}: {err.args[0]}") from None
-        _check_options(strategy, options.grouping_options, f"{cfg.algorithm}.grouping_options", skip=1)
+        # the options it takes, of their types and in their ranges (genrl.config_io.check_options)
+        check_options(strategy, options.grouping_options, f"{cfg.algorithm}.grouping_options", skip=1)
     if hasattr(options, "advantage") and options.advantage not in ADVANTAGES:
         raise ConfigError(f"{cfg.algorithm}.advantage={options.advantage!r} is not allowed: choose one of {', '.join(ADVANTAGES.names())}")
     return algorithms.get(cfg.algorithm)(options, cfg.sampling.num_steps)
+
+
+def check_rollout_budget(cfg: Config, structure, nfe_per_velocity: int = 1) -> None:
+    """train.nfe_budget must pay for one update's rollout: the budget is looked at after each update, so a
+    smaller one still ran a whole update and overshot it. `structure`: the algorithm's rollout tree, None
+    for chains; `nfe_per_velocity` 1 before the model is loaded gives a lower bound (CFG counts 2)."""
+    t = cfg.train
+    if structure is not None:
+        check_budget(structure(0), t.prompts_per_update, nfe_per_velocity, t.nfe_budget)
+        return
+    rollout = chain_calls(cfg.sampling.num_steps, t.group_size) * t.prompts_per_update * nfe_per_velocity
+    if t.nfe_budget is not None and t.nfe_budget < rollout:
+        cfg_factor = f" × {nfe_per_velocity} (guidance)" if nfe_per_velocity > 1 else ""
+        raise ConfigError(f"train.nfe_budget={t.nfe_budget} is not allowed: one update's rollout alone evaluates the "
+                          f"model {rollout} times (train.prompts_per_update × train.group_size × sampling.num_steps "
+                          f"= {t.prompts_per_update} × {t.group_size} × {cfg.sampling.num_steps}{cfg_factor}) and the "
+                          f"budget is checked after each update: give at least {rollout}, or null for no budget")
 
 
 def _import_testing_names(name: str) -> None:
@@ -125,9 +133,15 @@ def build(cfg: Config, adapter: ModelAdapter | None = None, reward=None, shard: 
     # a prompt the model cannot encode or the reward cannot score fails here, not mid-run
     check_prompts(train_numbered, "prompts.train", prompt_checks(reward, adapter))
     check_prompts(eval_numbered, "prompts.eval", prompt_checks(reward, adapter))
+    if cfg.train.prompts_per_update > len(train_numbered):  # a batch would hold a prompt twice
+        raise ConfigError(f"train.prompts_per_update={cfg.train.prompts_per_update} is more than the "
+                          f"{len(train_numbered)} prompts of prompts.train={cfg.prompts.train!r}: give at most "
+                          f"{len(train_numbered)}, or more prompts")
     train_prompts = [prompt for _, prompt in train_numbered]
     eval_prompts = [prompt for _, prompt in eval_numbered]
     sigmas = algorithm.sigmas(cfg.shift_for(adapter))
+    structure = algorithm.rollout_structure(cfg.train.group_size)  # None: chains; else trees (docs/trees.md)
+    check_rollout_budget(cfg, structure, adapter.nfe_per_velocity)
     env = DenoisingEnv(
         adapter,
         PromptSampler(train_prompts, cfg.train.prompts_per_update, seed=cfg.seed),
@@ -138,6 +152,7 @@ def build(cfg: Config, adapter: ModelAdapter | None = None, reward=None, shard: 
         seed=cfg.seed,
         device=cfg.device,
         shard=shard,
+        structure=structure,
     )
     if sharding is not None:
         shard_denoiser(adapter, sharding)

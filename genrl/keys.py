@@ -37,6 +37,11 @@ PROMPT_INDEX = "prompt_index"  # position in the prompt set        [N]
 
 L1_REL = "l1_rel"  # ‖x_{k+1} − x_k‖₁ / ‖x_k‖₁ of every step k < K  [N, K] (seen along R)
 
+# --- a tree rollout (genrl.envs.tree): leaf l's path through its prompt's tree, per step k ------
+TREE_NODE = "tree_node"  # id of the node x_{k+1} that edge (l, k) leads to, unique on the process  [N, R]
+TREE_PARENT = "tree_parent"  # id of the node x_k it leaves from                                    [N, R]
+EDGE_OWNER = "edge_owner"  # the row that holds the edge: its subtree's first leaf (trained at most once) [N, R]
+
 # --- set by the trainer on the rollout -------------------------------------------------
 ADVANTAGE = "advantage"  # group-normalised, clipped A, per trajectory [N] (seen along R)
 

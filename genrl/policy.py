@@ -115,12 +115,14 @@ class VelocityModule(nn.Module):
 class DynamicsHead(nn.Module):
     """(x_k, v, k) -> (μ, s): the step's SDE where `stochastic[k]`, the ODE step elsewhere."""
 
-    def __init__(self, sigmas: Tensor, stochastic: Tensor, kind: str, **params):
+    def __init__(self, sigmas: Tensor, stochastic: Tensor, kind: str, noise_multiplier: Tensor | None = None, **params):
         super().__init__()
         if kind not in dynamics.MEAN_STD:
             raise ValueError(f"unknown dynamics {kind!r}; choose one of {sorted(dynamics.MEAN_STD)}")
         self.register_buffer("sigmas", sigmas.float())  # [K + 1]
         self.register_buffer("stochastic", stochastic.bool().to(sigmas.device))  # [K], indexed by steps on that device
+        # [K] factor on the SDE std of each step (a tree's noisier forks, genrl.envs.structures); None: 1
+        self.noise_multiplier = None if noise_multiplier is None else noise_multiplier.float().to(sigmas.device)
         self.kind = kind
         self.params = dict(params)
         if kind == "flow_sde":
@@ -133,6 +135,11 @@ class DynamicsHead(nn.Module):
 
     def forward(self, latents: Tensor, velocity: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
         """Rows of any batch shape: `step`'s ([S], or [N, K] for a rollout); μ has the latents' shape, s the steps'."""
+        return self.loc_scale(latents, velocity, step, self.stochastic[step.reshape(-1).long()])
+
+    def loc_scale(self, latents: Tensor, velocity: Tensor, step: Tensor, stochastic: Tensor) -> tuple[Tensor, Tensor]:
+        """μ, s with the SDE where the row's flag `stochastic` ([S] bool) is set, the ODE elsewhere: a tree's
+        edges of one step may differ (genrl.envs.tree)."""
         batch = step.shape
         step = step.reshape(-1).long()
         x = latents.reshape(len(step), *latents.shape[len(batch):]).float()
@@ -140,7 +147,8 @@ class DynamicsHead(nn.Module):
         sigma, sigma_next = self.step_sigmas(step)
         sde_mean, sde_std = dynamics.MEAN_STD[self.kind](x, v, sigma, sigma_next, **self.params)
         ode_mean, _ = dynamics.ode_mean_std(x, v, sigma, sigma_next)
-        stochastic = self.stochastic[step]
+        if self.noise_multiplier is not None:
+            sde_std = sde_std * self.noise_multiplier[step]
         mask = stochastic.reshape(-1, *([1] * (x.dim() - 1)))
         loc = torch.where(mask, sde_mean, ode_mean)
         scale = torch.where(stochastic, sde_std, torch.zeros_like(sde_std))
@@ -226,6 +234,7 @@ def make_policy(
     logprob_reduce: str = "mean",
     log_prob_form: str = "gaussian",
     calls: ModelCalls | None = None,
+    noise_multiplier: Tensor | None = None,
     **dynamics_params,
 ) -> ProbabilisticActor:
     """The actor: writes loc, scale, action and log_prob into a TensorDict holding latents, sigma, step and context.
@@ -236,7 +245,7 @@ def make_policy(
         VelocityModule(adapter, micro_batch, calls), in_keys=[keys.LATENTS, keys.SIGMA, keys.CONTEXT], out_keys=[keys.VELOCITY]
     )
     head = TensorDictModule(
-        DynamicsHead(sigmas, stochastic, kind, **dynamics_params),
+        DynamicsHead(sigmas, stochastic, kind, noise_multiplier, **dynamics_params),
         in_keys=[keys.LATENTS, keys.VELOCITY, keys.STEP],
         out_keys=[keys.LOC, keys.SCALE],
     )
@@ -265,3 +274,9 @@ def velocity_module(policy: ProbabilisticActor) -> VelocityModule:
 
 def dynamics_head(policy: ProbabilisticActor) -> DynamicsHead:
     return policy.module[0][1].module
+
+
+def sampler_module(policy: ProbabilisticActor):
+    """The actor's last module: (loc, scale, step seed, step) -> action, log_prob (a tree draws its
+    children's noise with it from parents' means)."""
+    return policy.module[1]
