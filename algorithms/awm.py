@@ -77,18 +77,19 @@ class AWMLoss(ReNoisedObjective):
 
 @dataclass
 class AWMOptions(ForwardProcessOptions):
-    timesteps: int = option(6, "re-noisings per sample and update: one per stratum of the trained steps")
-    timestep_fraction: float = option(0.9, "the strata cover the steps [first, int(K · this)] of the rollout's grid")
+    timesteps: int = option(6, "re-noisings per sample and update: one per stratum of the trained steps",
+                            range="[1, inf)")
+    timestep_fraction: float = option(0.9, "the strata cover the steps [first, int(K · this)] of the rollout's grid",
+                                      range="(0, 1]")
     timestep_sampling: str = option("discrete_wo_init", "discrete_wo_init: strata from step 1 (σ = 1 never "
                                     "trained); discrete: from step 0", choices=("discrete_wo_init", "discrete"))
-    ghuber_power: float = option(0.25, "p of the weighting ((e + 1e-10)^p − 1e-10^p)·t/p of the squared error e")
-    old_beta: float = option(1.0, "weight of mean((v_θ − v_old)²), the KL to the soft-updated old policy")
+    ghuber_power: float = option(0.25, "p of the weighting ((e + 1e-10)^p − 1e-10^p)·t/p of the squared error e",
+                                 range="(0, 1]")
+    old_beta: float = option(1.0, "weight of mean((v_θ − v_old)²), the KL to the soft-updated old policy",
+                             range="[0, inf)")
 
     def validate(self, key: str, num_steps: int) -> None:
         super().validate(key, num_steps)
-        check(self.timesteps >= 1, f"{key}.timesteps", self.timesteps, "an integer >= 1")
-        check(0 < self.ghuber_power <= 1, f"{key}.ghuber_power", self.ghuber_power, "a float in (0, 1]")
-        check(self.old_beta >= 0, f"{key}.old_beta", self.old_beta, "a float >= 0")
         first = int(self.timestep_sampling == "discrete_wo_init")
         check(0 < self.timestep_fraction <= 1 and int(num_steps * self.timestep_fraction) >= first,
               f"{key}.timestep_fraction", self.timestep_fraction,

@@ -47,6 +47,7 @@ from torch import Tensor
 
 from genrl.algorithms.base import register
 from genrl.algorithms.forward_process import ForwardProcess, ForwardProcessOptions, ReNoisedObjective, check, option
+from genrl.config import Range
 
 
 def adaptive_x0_loss(x0_hat: Tensor, x0: Tensor) -> Tensor:
@@ -84,12 +85,13 @@ class NFTLoss(ReNoisedObjective):
 
 @dataclass
 class NFTOptions(ForwardProcessOptions):
-    mix: float = option(1.0, "m in v⁺ = m·v_θ + (1 − m)·v_old, v⁻ = (1 + m)·v_old − m·v_θ (the paper's β), in (0, 1]")
-    timestep_fraction: float = option(0.99, "train int(K · this) of the K steps' σ per sample, a random subset")
+    mix: float = option(1.0, "m in v⁺ = m·v_θ + (1 − m)·v_old, v⁻ = (1 + m)·v_old − m·v_θ",
+                        range=Range("(0, 1]", "the paper's β; the KL weight is `beta`"))
+    timestep_fraction: float = option(0.99, "train int(K · this) of the K steps' σ per sample, a random subset",
+                                      range="(0, 1]")
 
     def validate(self, key: str, num_steps: int) -> None:
         super().validate(key, num_steps)
-        check(0 < self.mix <= 1, f"{key}.mix", self.mix, "a float in (0, 1] (the paper's β; the KL weight is `beta`)")
         check(0 < self.timestep_fraction <= 1 and int(num_steps * self.timestep_fraction) >= 1,
               f"{key}.timestep_fraction", self.timestep_fraction,
               f"a float in (0, 1] training at least one of the {num_steps} steps (sampling.num_steps)")

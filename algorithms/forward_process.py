@@ -20,7 +20,7 @@ x_t = (1 − t)·x₀ + t·ε, and the objective compares the velocity at x_t wi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -30,16 +30,12 @@ from torch import Tensor
 
 from genrl import keys, sharding
 from genrl.algorithms.base import Algorithm
-from genrl.config import ConfigError
+from genrl.config import ConfigError, option
 from genrl.ema import ParameterEMA
 from genrl.noise import initial_noise
 from genrl.objective import Objective
 from genrl.policy import make_policy, velocity_module
 from genrl.training_batch import TrajectoryRows, UpdateContext
-
-
-def option(default, help: str, choices: tuple | None = None):
-    return field(default=default, metadata={"help": help, **({"choices": choices} if choices else {})})
 
 
 @dataclass
@@ -48,25 +44,24 @@ class ForwardProcessOptions:
     The GRPO family's options (dynamics, sde_window, grouping, clip_range, kl, …) are not fields: setting
     one is an unknown key."""
 
-    shift: float = option(1.0, "default timestep shift of the rollout's σ grid (sampling.shift overrides)")
+    shift: float = option(1.0, "default timestep shift of the rollout's σ grid (sampling.shift overrides)",
+                          range="(0, inf)")
     schedule: str = option("diffusers", "σ grid of the rollouts (and of the trained t): diffusers or linspace_shift",
                            choices=("diffusers", "linspace_shift"))
     shared_noise: bool = option(False, "the G samples of a prompt share their initial noise")
     advantage: str = option("global_std", "advantage estimator (per_prompt, global_std, …); then clipped to "
                             "±train.adv_clip and divided by it: Â in [-1, 1]")
     advantage_std: str = option("population", "std of the advantage's denominator", choices=("population", "unbiased"))
-    advantage_eps: float = option(1e-4, "ε of the advantage's denominator")
+    advantage_eps: float = option(1e-4, "ε of the advantage's denominator", range="[0, inf)")
     beta: float = option(0.0, "KL weight to the frozen base policy, mean((v_θ − v_ref)²) at the re-noised samples "
-                         "(one more model evaluation per row when > 0)")
-    old_decay_rate: float = option(0.001, "the old policy's decay grows by this per optimizer step ...")
-    old_decay_max: float = option(0.5, "... up to this: old ← decay·old + (1 − decay)·θ after every update")
+                         "(one more model evaluation per row when > 0)", range="[0, inf)")
+    old_decay_rate: float = option(0.001, "the old policy's decay grows by this per optimizer step ...",
+                                   range="[0, inf)")
+    old_decay_max: float = option(0.5, "... up to this: old ← decay·old + (1 − decay)·θ after every update",
+                                  range="[0, 1)")
 
     def validate(self, key: str, num_steps: int) -> None:
-        for name, ok, allowed in (("beta", self.beta >= 0, "a float >= 0"),
-                                  ("advantage_eps", self.advantage_eps >= 0, "a float >= 0"),
-                                  ("old_decay_rate", self.old_decay_rate >= 0, "a float >= 0"),
-                                  ("old_decay_max", 0 <= self.old_decay_max < 1, "a float in [0, 1)")):
-            check(ok, f"{key}.{name}", getattr(self, name), allowed)
+        """Invariants between options (each number's own range is its field's); none in the family's."""
 
 
 def check(ok: bool, key: str, value, allowed: str) -> None:

@@ -10,7 +10,9 @@ product); a strategy that takes a `combine` option states its own, which the
 algorithm then adopts when it is built (`declared_combine`).
 
 Register your own with `@register("name")`; it receives a `GroupingContext`
-and its options from the config (`<algorithm>.grouping_options`).
+and its options from the config (`<algorithm>.grouping_options`). An option's type and
+range (`Annotated[int, Range("[1, inf)")]`) are checked when the run is built, before
+anything is written.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Annotated, Callable
 
 import torch
 from torch import Tensor
 
+from genrl.config_io import Range
 from genrl.errors import ConfigError
 from genrl.registry import Registry
+
+AT_LEAST_ONE = Range("[1, inf)")
 
 
 @dataclass
@@ -100,13 +105,14 @@ def per_step(ctx: GroupingContext) -> Units:
 
 
 @register("random_subset")
-def random_subset(ctx: GroupingContext, fraction: float = 0.6) -> Units:
+def random_subset(ctx: GroupingContext, fraction: Annotated[float, Range("(0, 1]")] = 0.6) -> Units:
     """Per-step units, a random `fraction` of each trajectory's steps trained (DanceGRPO's timestep fraction)."""
     return draw_units(per_step(ctx), fraction, ctx.generator)
 
 
 @register("sliding_window")
-def sliding_window(ctx: GroupingContext, size: int = 3, stride: int = 1, every: int = 1) -> Units:
+def sliding_window(ctx: GroupingContext, size: Annotated[int, AT_LEAST_ONE] = 3,
+                   stride: Annotated[int, Range("[0, inf)")] = 1, every: Annotated[int, AT_LEAST_ONE] = 1) -> Units:
     """Per-step units inside a window of `size` trainable steps that moves by `stride` every `every` updates (MixGRPO)."""
     steps = ctx.trainable_steps
     size = min(size, len(steps))
@@ -139,13 +145,13 @@ def scale_chunk_sizes(sizes: list[int], total: int) -> list[int]:
 
 
 @register("fixed_chunks")
-def fixed_chunks(ctx: GroupingContext, sizes: list[int] = (2, 3, 4, 7)) -> Units:
+def fixed_chunks(ctx: GroupingContext, sizes: Annotated[list[int], AT_LEAST_ONE] = (2, 3, 4, 7)) -> Units:
     """Chunk-GRPO's fixed chunks, [2, 3, 4, 7] for 16 trainable steps, scaled to the trainable steps."""
     return chunks_to_units(ctx, scale_chunk_sizes(list(sizes), len(ctx.trainable_steps)))
 
 
 @register("uniform_chunks")
-def uniform_chunks(ctx: GroupingContext, size: int = 4) -> Units:
+def uniform_chunks(ctx: GroupingContext, size: Annotated[int, AT_LEAST_ONE] = 4) -> Units:
     """Equal chunks of `size` steps (the last one shorter); size 1 is step-level GRPO, size ≥ T sequence-level."""
     total = len(ctx.trainable_steps)
     sizes = [size] * (total // size) + ([total % size] if total % size else [])
@@ -187,7 +193,7 @@ def _dynamic_segments(profile: Tensor, start: int, end: int, order: int, max_siz
 
 
 @register("dynamic_chunks")
-def dynamic_chunks(ctx: GroupingContext, max_size: int | None = None) -> Units:
+def dynamic_chunks(ctx: GroupingContext, max_size: Annotated[int | None, AT_LEAST_ONE] = None) -> Units:
     """Chunks from each trajectory's temporal dynamics (Chunk-GRPO v3 / GCPO's adaptive rule).
 
     Consecutive steps whose first difference of L1rel has the same sign form a

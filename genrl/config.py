@@ -1,7 +1,9 @@
 """Typed configuration: YAML maps one to one onto these dataclasses (docs/architecture.md, "Configuration and the CLI").
 
-Every field has a default and a help text; `from_dict` rejects an unknown key or
-a bad value with an error naming the key, the value and what is allowed.
+Every field has a default and a help text, every number a range (`option(..., range="[1, inf)")`,
+genrl.config_io.Range: NaN never, inf only where the range closes on it); `from_dict` rejects an
+unknown key or a bad value with an error naming the key, the value and what is allowed, before
+anything is written.
 Algorithm sections (`flow_grpo:`, `chunk_grpo:` …) hold that algorithm's options
 and are parsed with its options class and its defaults, read from `ALGORITHMS`:
 the algorithms register themselves there when `genrl.algorithms` (or a user's
@@ -15,22 +17,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from genrl import config_io
-from genrl.config_io import apply_overrides, fill, load_yaml, parse_override, split_config_and_overrides
+from genrl import config_io, plugins
+from genrl.config_io import Range, apply_overrides, fill, load_yaml, parse_override, split_config_and_overrides
 from genrl.errors import ConfigError
 from genrl.registry import Registry
 
-__all__ = ["ALGORITHMS", "AlgorithmOptions", "Config", "ConfigError", "apply_overrides", "describe", "fill",
-           "from_dict", "load", "load_yaml", "parse_override", "split_config_and_overrides"]
+__all__ = ["ALGORITHMS", "AlgorithmOptions", "Config", "ConfigError", "Range", "apply_overrides", "describe", "fill",
+           "from_dict", "load", "load_yaml", "option", "parse_override", "split_config_and_overrides"]
 
 
-def _field(default: Any, help: str, choices: tuple | None = None, **kw) -> Any:
-    metadata = {"help": help}
+def option(default: Any, help: str, choices: tuple | None = None, range: str | Range | None = None, **kw) -> Any:
+    """A config field: its default, help text, and the choices (a string) or the range (a number,
+    "[1, inf)" / "(0, 1]" / "(0, inf]" where inf is allowed; a `Range` to add a note) its values keep to."""
+    metadata: dict = {"help": help}
     if choices is not None:
         metadata["choices"] = choices
+    if range is not None:
+        metadata["range"] = range if isinstance(range, Range) else Range(range)
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata, **kw)
     return field(default=default, metadata=metadata, **kw)
+
+
+_field = option
 
 
 @dataclass
@@ -58,47 +67,56 @@ class PromptsConfig:
 
 @dataclass
 class SamplingConfig:
-    num_steps: int = _field(10, "K, denoising steps of a training rollout")
-    shift: float | None = _field(None, "timestep shift s (σ ← sσ/(1+(s−1)σ)); None: the algorithm's default")
-    eval_steps: int = _field(20, "ODE steps for evaluation")
+    num_steps: int = _field(10, "K, denoising steps of a training rollout", range="[2, inf)")
+    shift: float | None = _field(None, "timestep shift s (σ ← sσ/(1+(s−1)σ)); None: the algorithm's default",
+                                  range="(0, inf)")
+    eval_steps: int = _field(20, "ODE steps for evaluation", range="[1, inf)")
     eval_shift: float | None = _field(
         None, "timestep shift of the evaluation ODE; None: the model's own (SD3 3, FLUX by resolution), else 1. "
-        "Never the algorithm's, so every algorithm is evaluated with the same sampler")
-    micro_batch: int = _field(16, "rows per model call; fixed shape, so log-probs are batch-size invariant")
+        "Never the algorithm's, so every algorithm is evaluated with the same sampler", range="(0, inf)")
+    micro_batch: int = _field(16, "rows per model call; fixed shape, so log-probs are batch-size invariant",
+                               range="[1, inf)")
 
 
 @dataclass
 class TrainConfig:
-    updates: int = _field(100, "number of policy updates (collect + optimise) in the run")
-    prompts_per_update: int = _field(8, "distinct prompts per rollout batch")
-    group_size: int = _field(8, "G, samples per prompt (a GRPO group); at least 2")
-    minibatches: int = _field(2, "optimizer steps per rollout batch (trajectories split evenly, groups kept whole)")
+    updates: int = _field(100, "number of policy updates (collect + optimise) in the run", range="[0, inf)")
+    prompts_per_update: int = _field(8, "distinct prompts per rollout batch", range="[1, inf)")
+    group_size: int = _field(8, "G, samples per prompt (a GRPO group)", range=Range("[2, inf)", "advantages need a group"))
+    minibatches: int = _field(2, "optimizer steps per rollout batch (trajectories split evenly, groups kept whole)",
+                               range="[1, inf)")
     minibatch_draw: str = _field(
         "random",
         "which groups share a minibatch: random (a permutation of all groups, cut into train.minibatches) or balanced "
         "(each minibatch one group of every train.minibatches consecutive ones: every process of a sharded run holds "
         "as many groups of each minibatch, so none waits on lockstep fillers, as in Flow-GRPO's per-GPU minibatches)",
         choices=("random", "balanced"))
-    lr: float = _field(3e-4, "AdamW learning rate (the peak, under a schedule)")
+    lr: float = _field(3e-4, "AdamW learning rate (the peak, under a schedule); AdamW moves each weight by about "
+                        "this much per step, so more than 1 is refused", range="(0, 1]")
     lr_schedule: str = _field("constant", "learning rate over the updates: constant, or cosine decay to 0 at train.updates",
                               choices=("constant", "cosine"))
-    warmup: int = _field(0, "updates of linear learning-rate warm-up from 0")
+    warmup: int = _field(0, "updates of linear learning-rate warm-up from 0", range="[0, inf)")
     ema: float = _field(0.0, "decay per update of an average of the trained weights that evaluation, checkpoints "
-                        "and `genrl eval RUN_DIR` use (rollouts use the live weights); 0: no average")
-    weight_decay: float = _field(1e-4, "AdamW weight decay")
-    max_grad_norm: float = _field(1.0, "gradient-norm clip")
-    adv_clip: float = _field(5.0, "advantages are clamped to ±adv_clip")
-    nfe_budget: int | None = _field(None, "stop once this many model evaluations (rollout + training; CFG counts 2) are spent")
-    max_bad_updates: int = _field(3, "stop after this many consecutive updates with a non-finite loss or gradient")
+                        "and `genrl eval RUN_DIR` use (rollouts use the live weights); 0: no average",
+                        range=Range("[0, 1)", "0: no average"))
+    weight_decay: float = _field(1e-4, "AdamW weight decay", range="[0, inf)")
+    max_grad_norm: float = _field(1.0, "gradient-norm clip; inf: no clipping", range="(0, inf]")
+    adv_clip: float = _field(5.0, "advantages are clamped to ±adv_clip", range="(0, inf)")
+    nfe_budget: int | None = _field(None, "stop once this many model evaluations (rollout + training; CFG counts 2) are "
+                                    "spent; at least one update's rollout (checked when the run is built)", range="[1, inf)")
+    max_bad_updates: int = _field(3, "stop after this many consecutive updates with a non-finite loss or gradient, "
+                                   "or weights a step made non-finite (each step undone)", range="[1, inf)")
 
 
 @dataclass
 class LogConfig:
     progress: bool = _field(True, "show a progress bar")
-    sample_every: int = _field(10, "write a sample grid every N updates (0: never)")
-    checkpoint_every: int = _field(10, "write a checkpoint every N updates (and at the end)")
-    eval_every: int = _field(0, "evaluate on the held-out prompts every N updates (0: only before and after)")
-    eval_seeds: int = _field(4, "images per evaluation prompt (fixed seeds per prompt, see genrl.evaluation)")
+    sample_every: int = _field(10, "write a sample grid every N updates (0: never)", range="[0, inf)")
+    checkpoint_every: int = _field(10, "write a checkpoint every N updates (and at the end)", range="[1, inf)")
+    eval_every: int = _field(0, "evaluate on the held-out prompts every N updates (0: only before and after)",
+                              range="[0, inf)")
+    eval_seeds: int = _field(4, "images per evaluation prompt (fixed seeds per prompt, see genrl.evaluation)",
+                              range="[1, inf)")
     eval_at_start: bool = _field(True, "evaluate the base policy before training")
     trackers: list = _field([], "experiment trackers, e.g. [tensorboard] (also wandb, mlflow, trackio; "
                             "each needs its package): namespaced metrics, the config, the grids")
@@ -106,9 +124,12 @@ class LogConfig:
     eval_cache: bool = _field(True, "reuse the base policy's evaluation from eval_cache_dir when the weights, prompts, "
                               "seeds, steps, shift and code are unchanged (bit-identical; see genrl.eval_cache)")
     eval_cache_dir: str | None = _field(None, "the evaluation cache; None: $GENRL_CACHE/eval, else ~/.cache/genrl/eval")
-    warn_clip_frac: float = _field(0.9, "warn when clip_frac stays above this for warn_patience updates")
-    warn_approx_kl: float = _field(0.05, "warn when approx_kl stays above this for warn_patience updates")
-    warn_patience: int = _field(10, "consecutive out-of-range updates before the warning (reward hacking, lr too large)")
+    warn_clip_frac: float = _field(0.9, "warn when clip_frac stays above this for warn_patience updates (1: never)",
+                                   range="[0, 1]")
+    warn_approx_kl: float = _field(0.05, "warn when approx_kl stays above this for warn_patience updates (inf: never)",
+                                   range="[0, inf]")
+    warn_patience: int = _field(10, "consecutive out-of-range updates before the warning (reward hacking, lr too large)",
+                                 range="[1, inf)")
 
 
 @dataclass
@@ -121,8 +142,8 @@ class AlgorithmOptions:
     """
 
     dynamics: str = _field("flow_sde", "sampler of training rollouts", choices=("flow_sde", "dance_sde", "cps"))
-    noise_level: float = _field(0.7, "a for flow_sde / cps, η for dance_sde")
-    shift: float = _field(1.0, "default timestep shift (sampling.shift overrides)")
+    noise_level: float = _field(0.7, "a for flow_sde / cps, η for dance_sde", range="(0, inf)")
+    shift: float = _field(1.0, "default timestep shift (sampling.shift overrides)", range="(0, inf)")
     schedule: str = _field(
         "diffusers",
         "σ grid of training rollouts: diffusers (FlowMatchEulerDiscreteScheduler's: K points from 1 to its "
@@ -134,7 +155,7 @@ class AlgorithmOptions:
     shared_noise: bool = _field(False, "the G samples of a prompt share their initial noise")
     grouping: str = _field("per_step", "timestep grouping strategy (see genrl.algorithms.grouping)")
     grouping_options: dict = _field({}, "options of the grouping strategy, e.g. {sizes: [2, 3, 4, 7]}")
-    unit_fraction: float = _field(1.0, "fraction of each trajectory's units trained per update")
+    unit_fraction: float = _field(1.0, "fraction of each trajectory's units trained per update", range="(0, 1]")
     unit_weighting: str = _field("uniform", "how units are drawn when unit_fraction < 1", choices=("uniform", "l1", "softmax"))
     advantage: str = _field("per_prompt", "sample grouping / advantage estimator (per_prompt, global_std, …)")
     advantage_std: str = _field(
@@ -142,11 +163,14 @@ class AlgorithmOptions:
         "std of the advantage (R − mean) / (std + advantage_eps): population (numpy's, Flow-GRPO) or unbiased "
         "(Bessel-corrected torch .std(), DanceGRPO / Chunk-GRPO; √(G/(G−1)) larger, so advantages that much smaller)",
         choices=("population", "unbiased"))
-    advantage_eps: float = _field(1e-4, "ε of the advantage's denominator (Flow-GRPO 1e-4, DanceGRPO / Chunk-GRPO 1e-8)")
-    clip_range: float = _field(1e-4, "ε of the clipped ratio: ρ is clipped to [1 − clip_range, 1 + clip_range_high]")
+    advantage_eps: float = _field(1e-4, "ε of the advantage's denominator (Flow-GRPO 1e-4, DanceGRPO / Chunk-GRPO 1e-8)",
+                                   range="[0, inf)")
+    clip_range: float = _field(1e-4, "ε of the clipped ratio: ρ is clipped to [1 − clip_range, 1 + clip_range_high]",
+                                range="(0, inf)")
     clip_range_high: float | None = _field(
-        None, "upper ε of the clipped ratio (Chunk-GRPO's code has separate left / right ranges); null: clip_range")
-    beta: float = _field(0.0, "KL weight to the reference policy")
+        None, "upper ε of the clipped ratio (Chunk-GRPO's code has separate left / right ranges); null: clip_range",
+        range="(0, inf)")
+    beta: float = _field(0.0, "KL weight to the reference policy", range="[0, inf)")
     kl: str = _field(
         "reference",
         "KL form: reference (Flow-GRPO's mean((μθ − μref)²)/(2g²), g the noise level without √(−Δ)) or exact "
@@ -162,13 +186,8 @@ class AlgorithmOptions:
     logprob_reduce: str = _field("mean", "reduce the Gaussian log-density over latent elements", choices=("mean", "sum"))
 
     def validate(self, key: str, num_steps: int) -> None:
-        """Invariants between the options, named under the section `key` (the algorithm's name)."""
-        _check(0 < self.unit_fraction <= 1, f"{key}.unit_fraction", self.unit_fraction, "a float in (0, 1]")
-        _check(self.clip_range > 0, f"{key}.clip_range", self.clip_range, "a positive float")
-        _check(self.beta >= 0, f"{key}.beta", self.beta, "a float >= 0")
-        _check(self.advantage_eps >= 0, f"{key}.advantage_eps", self.advantage_eps, "a float >= 0")
-        _check(self.clip_range_high is None or self.clip_range_high > 0, f"{key}.clip_range_high", self.clip_range_high,
-               "a positive float, or null for clip_range")
+        """Invariants between the options, named under the section `key` (the algorithm's name); each
+        number's own range is its field's."""
         if self.sde_window is not None:
             ok = len(self.sde_window) == 2 and all(isinstance(v, int) for v in self.sde_window)
             start, size = (self.sde_window if ok else (0, 0))
@@ -191,8 +210,10 @@ ALGORITHMS: Registry[AlgorithmEntry] = Registry("algorithm")
 
 @dataclass
 class Config:
+    imports: list = _field([], "modules imported before the rest of the config is read: they register your own "
+                           "algorithms, grouping strategies, models or rewards (saved with the run; --import adds to it)")
     algorithm: str = _field("chunk_grpo", "flow_grpo | dance_grpo | chunk_grpo | diffusion_nft | awm | a registered algorithm")
-    seed: int = _field(0, "seed of every random stream of the run")
+    seed: int = _field(0, "seed of every random stream of the run", range="[0, 2**63)")
     run_dir: str | None = _field(None, "output directory (default runs/{algorithm}__{prompts}__{seed}__{time})")
     device: str = _field("cpu", "torch device")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "model adapter"})
@@ -228,30 +249,10 @@ class Config:
         return float(model_shift) if model_shift is not None else 1.0
 
     def validate(self) -> None:
-        _check(self.train.group_size >= 2, "train.group_size", self.train.group_size, "an integer >= 2 (advantages need a group)")
-        _check(self.train.prompts_per_update >= 1, "train.prompts_per_update", self.train.prompts_per_update, "an integer >= 1")
-        _check(self.train.updates >= 0, "train.updates", self.train.updates, "an integer >= 0")
-        _check(self.sampling.num_steps >= 2, "sampling.num_steps", self.sampling.num_steps, "an integer >= 2")
-        _check(self.sampling.micro_batch >= 1, "sampling.micro_batch", self.sampling.micro_batch, "an integer >= 1")
-        _check(self.train.lr > 0, "train.lr", self.train.lr, "a positive float")
-        _check(self.train.warmup >= 0, "train.warmup", self.train.warmup, "an integer >= 0")
-        _check(0 <= self.train.ema < 1, "train.ema", self.train.ema, "a float in [0, 1) (0: no average)")
-        _check(self.train.weight_decay >= 0, "train.weight_decay", self.train.weight_decay, "a float >= 0")
-        _check(self.train.adv_clip > 0, "train.adv_clip", self.train.adv_clip, "a positive float")
-        _check(self.train.max_bad_updates >= 1, "train.max_bad_updates", self.train.max_bad_updates,
-               "an integer >= 1 (consecutive non-finite updates that stop the run)")
-        _check(0 <= self.seed < 2**63, "seed", self.seed, "an integer in [0, 2**63)")
-        _check(self.log.checkpoint_every >= 1, "log.checkpoint_every", self.log.checkpoint_every,
-               "an integer >= 1 (the run also checkpoints at its end)")
-        _check(self.log.sample_every >= 0, "log.sample_every", self.log.sample_every, "an integer >= 0 (0: never)")
-        _check(self.log.eval_every >= 0, "log.eval_every", self.log.eval_every, "an integer >= 0 (0: only before and after)")
-        _check(self.log.eval_seeds >= 1, "log.eval_seeds", self.log.eval_seeds, "an integer >= 1 (images per evaluation prompt)")
-        _check(
-            self.train.minibatches >= 1 and self.train.prompts_per_update % self.train.minibatches == 0,
-            "train.minibatches",
-            self.train.minibatches,
-            f"a divisor of train.prompts_per_update ({self.train.prompts_per_update}) so groups stay whole",
-        )
+        """Invariants between keys; each number's own range is its field's, checked as it is parsed."""
+        t = self.train
+        _check(t.prompts_per_update % t.minibatches == 0, "train.minibatches", t.minibatches,
+               f"a divisor of train.prompts_per_update ({t.prompts_per_update}) so groups stay whole")
         validate = getattr(self.algo, "validate", None)
         if validate is not None:
             validate(self.algorithm, self.sampling.num_steps)
@@ -259,6 +260,8 @@ class Config:
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out.update(out.pop("algorithms"))
+        if not out["imports"]:  # a run without plugins writes the config.yaml (and checkpoint keys) it always did
+            del out["imports"]
         return out
 
 
@@ -278,15 +281,21 @@ def from_dict(data: dict, algorithms: Registry[AlgorithmEntry] | None = None) ->
     """
     algorithms = ALGORITHMS if algorithms is None else algorithms
     data = dict(data or {})
+    plugins.load(plugins.listed(data.get("imports"), "imports"))  # first: the sections parse with what they register
     algorithm_names = set(algorithms.names())
     sections = {k: data.pop(k) for k in list(data) if k in algorithm_names}
     if "algorithms" in data:
         raise ConfigError("put algorithm options under their name (e.g. 'chunk_grpo:'), not under 'algorithms:'")
+    stray = [k for k, v in data.items() if isinstance(v, dict) and k not in Config.__dataclass_fields__]
+    if stray:  # most likely the section of an algorithm whose module was not imported
+        raise ConfigError(f"unknown config key {stray[0]!r}: neither a config section nor a registered algorithm "
+                          f"({', '.join(sorted(algorithm_names))}); if it is an algorithm, it is {plugins.HOW_TO_REGISTER}")
     cfg = fill(Config, data, "")
     if not algorithm_names:
         raise ConfigError("no algorithm is registered: import genrl.algorithms (or the module of your own) first")
     if cfg.algorithm not in algorithm_names:
-        raise ConfigError(f"algorithm={cfg.algorithm!r} is not allowed: choose one of {', '.join(sorted(algorithm_names))}")
+        raise ConfigError(f"algorithm={cfg.algorithm!r} is not allowed: choose one of {', '.join(sorted(algorithm_names))}; "
+                          f"if it is your own, it is {plugins.HOW_TO_REGISTER}")
     for name in sorted(algorithm_names | set(sections)):
         if name in sections or name == cfg.algorithm:
             section = dict(sections.get(name) or {})

@@ -41,10 +41,12 @@ def numbered_prompts(source: str) -> list[tuple[str, str]]:
         prompts = {"train": shapeworld.train_prompts, "eval": shapeworld.eval_prompts, "all": shapeworld.all_prompts}[split]()
         return [(f"{source} #{i}", p) for i, p in enumerate(prompts, 1)]
     path = Path(source)
+    if path.is_dir():
+        raise PromptSetError(f"prompt file {source!r} is a directory: give a text file, one prompt per line")
     if not path.is_file():
         raise PromptSetError(f"prompt file {source!r} not found (or use shapeworld:train / shapeworld:eval)")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors write one) is dropped
     except UnicodeDecodeError as err:
         raise PromptSetError(f"prompt file {source!r} is not UTF-8 text (byte 0x{err.object[err.start]:02x} "
                              f"at offset {err.start}); save it as UTF-8") from None

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tensordict import TensorDictBase
 
-from genrl import eval_cache, evaluation, keys, rundir, sharding, stopping, tracking
+from genrl import eval_cache, evaluation, keys, reward_outage, rundir, sharding, step_guard, stopping, tracking
 from genrl.advantages import zero_std_fraction
 from genrl.build import Components, build
 from genrl.config import Config
@@ -52,6 +52,7 @@ class Trainer:
         if not params:
             raise ConfigError(f"model {cfg.model.name!r} has no trainable parameters (check model.options.finetune)")
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.guard = step_guard.StepGuard(self.optimizer, self.dist)  # a step leaving non-finite weights is undone
         self.ema = ParameterEMA(self.parts.adapter, cfg.train.ema) if cfg.train.ema else None
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)  # training draws and minibatch order
         self.state = TrainState(self.parts.adapter, self.optimizer, self.ema, self.parts.env, self.algorithm, self.generator)
@@ -66,7 +67,7 @@ class Trainer:
     def iteration(self) -> dict:
         start, n = time.perf_counter(), self.parts.env.batch_size[0]
         self.parts.calls.take()  # only this update's model calls are charged to it
-        with torch.no_grad():  # collect: a rollout [n, R] of this process's trajectories (genrl.envs.stack_steps)
+        with torch.no_grad(), reward_outage.stops_run(self):  # collect a rollout [n, R]; a reward server down stops
             rollout = self.parts.env.rollout(policy=self.parts.policy)
             images = self.parts.adapter.decode(rollout.get(keys.ACTION)[:, -1]).float()
             prompts = [self.parts.train_prompts[i] for i in rollout.get(keys.PROMPT_INDEX)[:, 0].tolist()]
@@ -131,17 +132,21 @@ class Trainer:
         grad_norm = sharding.clip_grad_norm(params, self.cfg.train.max_grad_norm)
         stats = merge_stats([s for rank in self.dist.gather_objects(parts) for s in rank], weight_key="weight")
         stats.setdefault("num_units", float(global_units))
-        finite = math.isfinite(grad_norm) and all(math.isfinite(v) for v in stats.values())
+        # a non-finite loss or gradient skips the step, and one that makes the weights non-finite is undone
+        finite = math.isfinite(grad_norm) and all(math.isfinite(v) for v in stats.values()) and self.guard.step()
         if finite:
-            self.optimizer.step()
             self.algorithm.after_step()
-        else:  # a non-finite loss or gradient: skip the update, the run goes on (see max_bad_updates)
+        else:  # the run goes on (see max_bad_updates)
             self.optimizer.zero_grad(set_to_none=True)
         return stats | {"skipped": 0.0 if finite else 1.0, "grad_norm": grad_norm}
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> dict:
         """Train for cfg.train.updates; returns the summary (also written to RUN_DIR/summary.json)."""
+        with contextlib.closing(self.files):  # releases the run directory's lock (genrl.dirlock), however the run ends
+            return self._run()
+
+    def _run(self) -> dict:
         log = self.cfg.log
         start, base_missing = self.files.begin(self.cfg, self._resumed, self.overwrite, self.dist.barrier)
         base_eval = log.eval_at_start and self.progress.update == 0 and base_missing
@@ -160,7 +165,7 @@ class Trainer:
                 metrics = self.iteration()
                 u = self.progress.update
                 if log.eval_every and u % log.eval_every == 0 and not self._budget_spent():
-                    metrics["eval_score"] = self.evaluate(f"update_{u:06d}")["score"]
+                    metrics |= evaluation.mid_run(u, self.evaluate(f"update_{u:06d}"), self.dist.is_main and bar.write)
                 self.files.append_metrics(metrics)
                 if u == first + 1 and self.dist.is_main and (line := self.algorithm.describe(metrics)):
                     bar.write(f"genrl: {line}")  # e.g. the chunk boundaries, known after the first rollout
@@ -173,10 +178,11 @@ class Trainer:
                     self.files.write_samples(f"samples/update_{u:06d}.png", *self._last_samples,
                                              title=f"{self.run_dir.name} | update {u} | reward mean {metrics['reward_mean']:.3f}")
                 self.trackers.log(metrics)
-                self._check_bad_updates(metrics)
+                step_guard.count_bad_update(self, metrics)  # too many in a row: checkpoint and stop
                 stop = self.stop.agreed(self.dist)
                 if u % log.checkpoint_every == 0 or self._budget_spent() or stop:
                     self.save_checkpoint()
+                    stop = self.stop.agreed(self.dist)  # a signal during the write: stop now, not one update later
         finally:
             stopping.restore(previous)
             bar.close()
@@ -211,16 +217,6 @@ class Trainer:
         self.files.write_eval(record, tag, f"{name} | {tag} (update {u})", f"{name} (update {u})")
         self.dist.barrier()
         return record.result
-
-    def _check_bad_updates(self, metrics: dict) -> None:
-        self.progress.bad_in_a_row = self.progress.bad_in_a_row + 1 if metrics["skipped"] > 0 else 0
-        if self.progress.bad_in_a_row >= self.cfg.train.max_bad_updates:
-            self.save_checkpoint()
-            raise TrainingStopped(
-                f"{self.progress.bad_in_a_row} updates in a row had a non-finite loss or gradient "
-                f"(train.max_bad_updates={self.cfg.train.max_bad_updates}); lower train.lr or check the reward. "
-                f"Metrics and the last checkpoint are in {self.run_dir}"
-            )
 
     @property
     def _stop_requested(self) -> bool:  # set to stop after this update, as a signal would
