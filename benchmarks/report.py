@@ -2,7 +2,8 @@
 
 Everything is read back from what the trainer wrote (summary.json, eval/base.json,
 metrics.jsonl), so a report can be rebuilt from a results folder without
-rerunning anything, and a resumed run reports exactly like an uninterrupted one.
+rerunning anything, and a resumed run reports exactly like an uninterrupted one. Free
+baselines (the base model with guidance) come from OUT/baselines/*.json (genrl.benchmarks.baselines).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genrl.benchmarks import stats
+from genrl.benchmarks import baselines, stats
 
 
 def read_run(run_dir: Path, target: float | None) -> dict:
@@ -40,6 +41,8 @@ def read_run(run_dir: Path, target: float | None) -> dict:
         "final_score": final["score"],
         "base_score": base["score"] if base else None,
         "final_per_category": final.get("per_category"),
+        # ShapeWorld's reward-hacking guard (genrl.shapeworld.quality): background texture, clean renders 0
+        "base_texture_bg": base.get("texture_bg") if base else None, "final_texture_bg": final.get("texture_bg"),
         "updates": last["update"],
         "nfe": last["nfe"],
         "wall_s": last["wall_s"],
@@ -65,6 +68,7 @@ def aggregate(runs: list[dict], labels: list[str]) -> dict:
             "final_mean": final["mean"], "final_sd": final["sd"], "final_ci95": final["ci95"],
             "final_iqm": final["iqm"], "final_iqm_ci95": final["iqm_ci95"],
             "base_mean": _mean([r["base_score"] for r in done if r["base_score"] is not None]),
+            **{f"{k}_mean": _mean([r[k] for r in done if r.get(k) is not None]) for k in ("base_texture_bg", "final_texture_bg")},
             "updates_mean": _mean([r["updates"] for r in done]),
             "nfe_mean": _mean([r["nfe"] for r in done]), "wall_s_mean": _mean([r["wall_s"] for r in done]),
             "reached_target": len(hit),
@@ -225,6 +229,7 @@ def write(results: dict, out: Path, with_plots: bool = True) -> None:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    results["baselines"] = baselines.collect(out)  # OUT/baselines/*.json: the base model with guidance, untrained
     for name, text in (("results.json", json.dumps(finite(results), indent=2)), ("table.md", table_markdown(results))):
         tmp = out / f".{name}.tmp"
         tmp.write_text(text)
@@ -337,16 +342,19 @@ def table_markdown(results: dict) -> str:
                       f"{fmt(p['mdd'])} | {needed} |")
         lines.append(f"| {name} | {a['n']} | {score} |{iqm} {per_seed} |{versus}")
     lines += ["", f"**Noise:** {cmp['verdict']}", "",
-              "| algorithm | base | updates | NFE spent | NFE to target | wall-clock to target | images/s | "
-              "peak mem (MiB) |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| algorithm | base | texture bg, base → final | updates | NFE spent | NFE to target | "
+              "wall-clock to target | images/s | peak mem (MiB) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for label, a in agg.items():
         n = f" ({a['reached_target']}/{a['n']})" if target is not None and a["n"] else ""
         lines.append(
-            f"| {label} | {fmt(a['base_mean'])} | {fmt(a.get('updates_mean'), '.0f')} | {fmt(a['nfe_mean'], ',.0f')} | "
+            f"| {label} | {fmt(a['base_mean'])} | {_texture(a)} | {fmt(a.get('updates_mean'), '.0f')} | "
+            f"{fmt(a['nfe_mean'], ',.0f')} | "
             f"{fmt(a['nfe_to_target_mean'], ',.0f')}{n} | {_seconds(a['wall_s_to_target_mean'])}{n} | "
             f"{fmt(a['images_per_s_mean'], '.1f')} | {fmt(a['peak_mem_mb_max'], ',.0f')} |")
     lines += _reference_table(results.get("reference"))
+    lines += baselines.table_lines(results.get("baselines"), _mean([a["base_mean"] for a in agg.values()
+                                                                     if a["base_mean"] is not None]), fmt)
     failed = [r for r in results["runs"] if r["status"] != "finished"]
     lines.append("")
     if failed:
@@ -365,7 +373,9 @@ def table_markdown(results: dict) -> str:
         f"true gap the paired t-test would find {stats.POWER:.0%} of the time at this many seeds, from the observed "
         "sd of the paired differences; seeds to detect Δ: how many seeds the observed gap would need for the same. "
         "NFE to target / wall-clock to target: mean over the seeds that reached it (count in parentheses), first "
-        "eval point at or above the target. Wall-clock counts training only, not evaluation.",
+        "eval point at or above the target. Wall-clock counts training only, not evaluation. Texture bg: ShapeWorld's "
+        "reward-hacking guard, the mean absolute adjacent-pixel difference inside the background of the held-out "
+        "images (flat renders: 0; docs/shapeworld.md, \"Reward hacking\").",
         "",
     ]
     return "\n".join(lines)
@@ -393,6 +403,11 @@ def _reference_table(ref: dict | None) -> list[str]:
         lines += ["", f"**Against {ref['label']}:** {ref['verdict']} Its p-values are Holm-corrected over the "
                   f"comparisons with {ref['label']}, a family apart from the comparisons with the best."]
     return lines
+
+
+def _texture(a: dict) -> str:
+    """'0.0033 → 0.0232': mean background texture of the base and final evaluations (– off ShapeWorld)."""
+    return f"{fmt(a.get('base_texture_bg_mean'), '.4f')} → {fmt(a.get('final_texture_bg_mean'), '.4f')}"
 
 
 def _cadence(every: int) -> str:

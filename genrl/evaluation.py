@@ -2,7 +2,8 @@
 
 The same prompts and seeds for every algorithm and every run, so evaluation
 scores are comparable. ShapeWorld prompts are scored GenEval-style (strict
-correctness, per category); other prompts by the mean of the run's reward.
+correctness, per category, with the texture guard of genrl.shapeworld.quality
+beside it); other prompts by the mean of the run's reward.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class EvalRecord:
     and the base-vs-final comparison can be drawn again without sampling.
     """
 
-    result: dict  # {score, partial?, per_category?, per_prompt, num_steps, images_per_prompt}
+    result: dict  # {score, partial?, per_category?, per_prompt, texture_*?, num_steps, images_per_prompt, guidance}
     prompts: list[str]  # the prompt of each image, [N]
     seeds: list[int]  # the initial-noise seed of each image, [N]
     scores: dict[str, Tensor]  # per image [N]: ShapeWorld {"strict" 0/1, "partial"}, else {"reward"}
@@ -170,10 +171,7 @@ def evaluate_record(
     repeated, seeds = evaluation_seeds(prompts, images_per_prompt)
     images = sampler(adapter, repeated, seeds, num_steps, shift, micro_batch, progress=progress)
     if is_shapeworld(list(prompts)):
-        from genrl.shapeworld import scoring
-
-        scores = {k: v.cpu() for k, v in scoring.score(images, repeated).items()}
-        result = scoring.summarise(scores, repeated)
+        scores, result = shapeworld_scores(images, repeated, seeds)
     else:
         if reward is None:
             raise ValueError("evaluating non-ShapeWorld prompts needs a reward")
@@ -183,8 +181,19 @@ def evaluate_record(
         scores = {"reward": values.cpu()}
     result["num_steps"] = num_steps
     result["images_per_prompt"] = images_per_prompt
+    result["guidance"] = guidance_of(adapter)
     shown = [i for i in range(len(repeated)) if i % images_per_prompt < shown_per_prompt]
     return EvalRecord(result, repeated, seeds, scores, shown, grids.thumbnails(images[shown]), images)
+
+
+def shapeworld_scores(images: Tensor, prompts: Sequence[str], seeds: Sequence[int]) -> tuple[dict[str, Tensor], dict]:
+    """(every image's ShapeWorld scores [N], their summary) for images of ShapeWorld prompts (one per image)."""
+    from genrl.shapeworld import quality, scoring
+
+    scores = {k: v.cpu() for k, v in scoring.score(images, prompts).items()}
+    result = scoring.summarise(scores, prompts)
+    result |= quality.texture_summary(images, prompts, seeds)  # the reward-hacking guard: texture the scorer cannot see
+    return scores, result
 
 
 def evaluate(
@@ -226,7 +235,7 @@ def save_comparison(base: EvalRecord, final: EvalRecord, path: str | Path, title
             right.append(final.cell(i, len(base.shown) + j))
     if not sides:
         return None
-    blocks = [grids.Block(prompt, [*left, None, *right]) for prompt, (left, right) in sides.items()]
+    blocks = [grids.Block(prompt, [*left, None, *right], ["base", "final"]) for prompt, (left, right) in sides.items()]
     thumbs = torch.cat([base.thumbnails, final.thumbnails])
     heading = (f"{title} | base {base.headline(size=False)} -> final {final.headline()}\n"
                f"per prompt: base (left) and final (right) from the same seeds; {final.marks()}")
@@ -239,3 +248,83 @@ def write_comparison(out_dir: str | Path, title: str) -> Path | None:
     if not ((out / "base.pt").is_file() and (out / "final.pt").is_file()):
         return None
     return save_comparison(EvalRecord.load(out / "base.pt"), EvalRecord.load(out / "final.pt"), out / "base_vs_final.png", title)
+
+
+def guidance_of(adapter: ModelAdapter) -> float | None:
+    """The guidance the adapter samples with: its embedded guidance (FLUX.1-dev) or its CFG scale (None: no CFG)."""
+    value = getattr(adapter, "embedded_guidance", None)
+    value = getattr(adapter, "guidance_scale", None) if value is None else value
+    return None if value is None else float(value)
+
+
+def set_guidance(adapter: ModelAdapter, scale: float) -> None:
+    """Sample with guidance `scale` from now on: the embedded guidance of a guidance-distilled model (which
+    has no CFG), else the classifier-free guidance scale (1 = one conditional pass, more doubles the cost)."""
+    if getattr(adapter, "embedded_guidance", None) is not None:
+        adapter.embedded_guidance = float(scale)
+    else:
+        adapter.guidance_scale = float(scale)
+
+
+def score_change(base: EvalRecord, final: EvalRecord) -> dict:
+    """{change, se, n, paired}: the change of the mean per-image score (strict on ShapeWorld, else the reward)
+    from `base` to `final` and its standard error. Paired when both scored the same (prompt, seed) images:
+    the sd of the per-image differences / sqrt(n); else unpaired, sqrt(var_base / n_base + var_final / n_final).
+    n: images in the paired difference, or the smaller of the two evaluations."""
+    key = "strict" if "strict" in base.scores and "strict" in final.scores else "reward"
+    b, f = base.scores[key].double(), final.scores[key].double()
+    paired = base.prompts == final.prompts and base.seeds == final.seeds
+    if paired:
+        d = f - b
+        se = float(d.std() / len(d) ** 0.5) if len(d) > 1 else float("nan")
+        return {"change": float(d.mean()), "se": se, "n": len(d), "paired": True}
+    se = float((b.var() / len(b) + f.var() / len(f)) ** 0.5) if min(len(b), len(f)) > 1 else float("nan")
+    return {"change": float(f.mean() - b.mean()), "se": se, "n": min(len(b), len(f)), "paired": False}
+
+
+def mid_run_metrics(result: dict) -> dict:
+    """The metrics.jsonl keys of an evaluation during training: eval_score, and on ShapeWorld eval_partial
+    and the texture guard (eval_texture_bg, eval_texture_fg; see genrl.shapeworld.quality)."""
+    metrics = {"eval_score": result["score"]}
+    for key in ("partial", "texture_bg", "texture_fg"):
+        if result.get(key) is not None:
+            metrics[f"eval_{key}"] = result[key]
+    return metrics
+
+
+def mid_run_line(update: int, result: dict) -> str:
+    """One console line for an evaluation during training, e.g. 'update 10: held-out strict 0.412, partial 0.620,
+    texture bg 0.0151 fg 0.0203 (clean renders 0.0000 / 0.0000)'."""
+    line = f"genrl: update {update}: held-out " + (
+        f"strict {result['score']:.3f}, partial {result['partial']:.3f}" if "partial" in result else f"score {result['score']:.3f}")
+    if result.get("texture_bg") is not None:
+        line += f", {texture_words(result)}"
+    return line
+
+
+def texture_words(result: dict, clean: bool = True) -> str:
+    """The texture guard of an evaluation in words (ShapeWorld), e.g. 'texture bg 0.0151 fg 0.0203 (clean renders
+    0.0000 / 0.0000)'; `clean` False leaves out the clean renders' figures."""
+    def num(key: str) -> str:
+        return "–" if result.get(key) is None else f"{result[key]:.4f}"
+
+    words = f"texture bg {num('texture_bg')} fg {num('texture_fg')}"
+    return words + (f" (clean renders {num('texture_bg_clean')} / {num('texture_fg_clean')})" if clean else "")
+
+
+def mid_run(update: int, result: dict, write=None) -> dict:
+    """`mid_run_metrics(result)`, after writing `mid_run_line` with `write` (e.g. the progress bar's; None or False: quiet)."""
+    if write:
+        write(mid_run_line(update, result))
+    return mid_run_metrics(result)
+
+
+def change_uncertainty(eval_dir: str | Path) -> str:
+    """' ± SE (standard error, paired over N images)' of the base-to-final change, from eval/base.pt and
+    eval/final.pt of a run (`score_change`); '' when either record is missing."""
+    out = Path(eval_dir)
+    if not ((out / "base.pt").is_file() and (out / "final.pt").is_file()):
+        return ""
+    c = score_change(EvalRecord.load(out / "base.pt"), EvalRecord.load(out / "final.pt"))
+    how = f"paired over {c['n']} (prompt, seed) images" if c["paired"] else f"unpaired, {c['n']} images per evaluation"
+    return f" ± {c['se']:.3f} (standard error, {how})"

@@ -6,6 +6,7 @@ from conftest import TOY_PROMPTS, MeanBrightness
 from toy_adapter import ToyAdapter
 
 from genrl import evaluation, grids, shapeworld
+from genrl.shapeworld import quality
 from genrl.evaluation import EvalRecord, evaluate, evaluate_record, evaluation_seeds, sample_ode
 
 
@@ -31,7 +32,9 @@ def test_a_record_scores_every_image_and_its_summary_is_their_mean():
     assert record.prompts == evaluation_seeds(TOY_PROMPTS, 3)[0] and record.seeds == evaluation_seeds(TOY_PROMPTS, 3)[1]
     expected = shapeworld.score(record.images, record.prompts)
     assert torch.equal(record.scores["strict"], expected["strict"]) and torch.equal(record.scores["partial"], expected["partial"])
-    assert record.result == shapeworld.evaluate(record.images, record.prompts) | {"num_steps": 3, "images_per_prompt": 3}
+    texture = quality.texture_summary(record.images, record.prompts, record.seeds)  # the reward-hacking guard
+    assert record.result == shapeworld.evaluate(record.images, record.prompts) | texture | {
+        "num_steps": 3, "images_per_prompt": 3, "guidance": None}
     assert record.result["score"] == pytest.approx(float(record.scores["strict"].sum()) / n)
     assert record.shown == [i for i in range(n) if i % 3 < evaluation.GRID_SEEDS]
     assert torch.equal(record.thumbnails, grids.thumbnails(record.images[record.shown]))

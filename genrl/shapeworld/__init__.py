@@ -4,6 +4,7 @@
     prompts   the fixed train / eval split (shipped text files)
     rendering ground-truth 32×32 images for a (prompt, seed)
     scoring   GenEval-style programmatic scoring (strict and partial)
+    quality   the image-quality guard: texture the scorer does not see (reward hacking)
 
 >>> from genrl.shapeworld import render, score
 >>> score(render("a red circle", seed=0)[None], ["a red circle"])["strict"]
