@@ -48,10 +48,12 @@ class Cell:
 
 @dataclass
 class Block:
-    """Images shown side by side under one label; a None cell is a narrow gap."""
+    """Images shown side by side under one label; a None cell is a narrow gap. `headings` name the runs of
+    cells between gaps, each written over its first cell (e.g. "base" and "final" of a comparison)."""
 
     label: str
     cells: list[Cell | None] = field(default_factory=list)
+    headings: list[str] = field(default_factory=list)
 
 
 def thumbnails(images: Tensor) -> Tensor:
@@ -137,7 +139,8 @@ def render(thumbs: Tensor, blocks: Sequence[Block], title: str | None = None, bl
     block_w = max((_block_width(b, cell_w) for b in blocks), default=cell_w)
     label_lines = [_wrap(b.label, block_w) for b in blocks]
     label_h = max((len(lines) for lines in label_lines), default=0) * line
-    block_h = label_h + cell_h + caption_h
+    heading_h = line if any(b.headings for b in blocks) else 0
+    block_h = label_h + heading_h + cell_h + caption_h
     per_row = max(1, min(blocks_per_row, len(blocks)))
     n_rows = -(-len(blocks) // per_row)
     width = 2 * MARGIN + per_row * block_w + (per_row - 1) * BLOCK_GAP
@@ -151,11 +154,17 @@ def render(thumbs: Tensor, blocks: Sequence[Block], title: str | None = None, bl
         x0 = MARGIN + (b % per_row) * (block_w + BLOCK_GAP)
         y0 = top + (b // per_row) * (block_h + BLOCK_GAP)
         text += [(x0, y0 + i * line, s, TEXT) for i, s in enumerate(lines)]
-        x, y = x0, y0 + label_h
+        x, y = x0, y0 + label_h + heading_h
+        headings = iter(block.headings)
+        run_starts = True
         for cell in block.cells:
             if cell is None:
                 x += SPACER
+                run_starts = True
                 continue
+            if run_starts and (heading := next(headings, None)):
+                text.append((x, y - heading_h, heading, TEXT))
+            run_starts = False
             if cell.frame is not None:
                 canvas[y : y + cell_h, x : x + cell_w] = cell.frame
             canvas[y + FRAME : y + FRAME + h, x + FRAME : x + FRAME + w] = pixels[cell.index]

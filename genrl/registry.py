@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import Callable, Generic, TypeVar
 
+from genrl.plugins import HOW_TO_REGISTER
+
 T = TypeVar("T")
 
 
@@ -39,7 +41,7 @@ class Registry(Generic[T]):
         if name not in self._entries and name in self._modules:
             importlib.import_module(self._modules[name])
         if name not in self._entries:
-            raise KeyError(f"unknown {self.kind} {name!r}; registered: {', '.join(self.names())}")
+            raise KeyError(f"unknown {self.kind} {name!r}: {HOW_TO_REGISTER}; registered: {', '.join(self.names())}")
         return self._entries[name]
 
     def names(self) -> list[str]:

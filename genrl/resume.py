@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from genrl import config
+from genrl import checkpoint, config
 from genrl.checkpoint import CheckpointError
 
-# Changing anything else would make the resumed run a different experiment.
-RESUMABLE_PREFIXES = ("train.updates", "log.", "device")
+# Changing anything else would make the resumed run a different experiment (imports: where its code is found).
+RESUMABLE_PREFIXES = ("train.updates", "log.", "device", "imports")
 
 
 def resume_config(run_dir: str | Path, overrides: list[str]) -> config.Config:
@@ -28,6 +28,24 @@ def resume_config(run_dir: str | Path, overrides: list[str]) -> config.Config:
     cfg = config.from_dict(data)
     _check_schedule_horizon(config.from_dict(saved).train, cfg.train)
     return cfg
+
+
+def require_checkpoint(run_dir: str | Path) -> None:
+    """A run to resume has a checkpoint; if not, say why (none written yet, or checkpoints/ emptied) and how
+    to start the run again."""
+    if checkpoint.candidates(run_dir):
+        return
+    run_dir, root = Path(run_dir), checkpoint.directory(run_dir)
+    left = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    if not root.is_dir() or any(name.startswith(".update_") for name in left):  # none yet, or the first one cut short
+        why = "the run stopped before its first checkpoint"
+    elif not left:
+        why = f"{root} is empty (its checkpoints were deleted or moved), so there is nothing to resume from"
+    else:
+        why = f"{root} holds no checkpoint directory (update_NNNNNN), only {', '.join(left[:3])}"
+    finished = (run_dir / "summary.json").exists()  # a fresh start in a finished run's directory needs --overwrite
+    again = f"genrl train {run_dir / 'config.yaml'} run_dir={run_dir}" + (" --overwrite" if finished else "")
+    raise CheckpointError(f"no checkpoint in {root}: {why}; start it again with `{again}`")
 
 
 def _check_schedule_horizon(saved: config.TrainConfig, resumed: config.TrainConfig) -> None:
