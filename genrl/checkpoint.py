@@ -7,6 +7,12 @@ name) point to it. manifest.json holds the sha256 of both files and the run's fi
 keys (see `genrl.resume.fixed_config`): loading checks both, so a corrupt file or another
 experiment's checkpoint is refused with an error naming what differs. state.pt is read with
 `torch.load(weights_only=True)`: a crafted run directory cannot run code.
+
+A checkpoint without manifest.json loads unchecked only if it was written before manifests
+existed: its state.pt carries no `checkpoint_format` (which every checkpoint written with a
+manifest carries) and no other checkpoint of its run has a manifest. Otherwise a missing manifest
+means it was deleted, and the checkpoint is refused. Nothing is followed out of the run directory:
+`checkpoints/` itself, `latest` and the update_N entries must resolve inside it.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from genrl.errors import CheckpointError
 FORMAT = 1
 FILES = ("trainable.safetensors", "state.pt")
 MANIFEST = "manifest.json"
+FORMAT_KEY = "checkpoint_format"  # in state.pt: written by a genrl that writes manifests
 _NAME = re.compile(r"update_(\d+)")
 
 
@@ -120,9 +127,19 @@ def _put_in_place(tmp: Path, final: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
+def directory(run_dir: str | Path) -> Path:
+    """RUN_DIR/checkpoints, refused when it leads out of the run directory (a symbolic link to another
+    run would have a resume write into, prune and repoint that run)."""
+    root = Path(run_dir) / "checkpoints"
+    if root.is_symlink() and not root.resolve().is_relative_to(Path(run_dir).resolve()):
+        raise CheckpointError(f"{root} is a symbolic link to {os.readlink(root)}, outside the run directory: genrl "
+                              "reads and writes checkpoints only inside its run directory; replace the link by a directory")
+    return root
+
+
 def remove_orphans(run_dir: str | Path) -> list[str]:
     """Delete what an interrupted write left behind (.update_* and .latest.* temporaries); their names."""
-    root = Path(run_dir) / "checkpoints"
+    root = directory(run_dir)
     if not root.is_dir():
         return []
     removed = []
@@ -142,7 +159,8 @@ def _remove_old(root: Path, written: int, keep: int) -> None:
     Checkpoints of later updates belong to a continuation this run abandoned (it resumed from an
     earlier one, e.g. after a corrupt latest) and would otherwise be mistaken for newer.
     """
-    numbered = sorted(((update_of(p), p) for p in root.iterdir() if p.is_dir() and update_of(p) is not None), reverse=True)
+    numbered = sorted(((update_of(p), p) for p in root.iterdir()
+                       if p.is_dir() and not p.is_symlink() and update_of(p) is not None), reverse=True)  # no links
     stale = [p for u, p in numbered if u > written]
     older = [p for u, p in numbered if u < written]
     for path in stale + older[max(keep - 1, 0):]:
@@ -165,9 +183,10 @@ def save(run_dir: str | Path, update: int, trainable: dict[str, torch.Tensor], s
     """
     if keep < 1:
         raise ValueError(f"keep={keep}: at least the checkpoint just written is kept")
-    root = Path(run_dir) / "checkpoints"
+    root = directory(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     remove_orphans(run_dir)
+    earlier = candidates(run_dir)
     name = f"update_{update:06d}"
     final = root / name
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
@@ -177,7 +196,7 @@ def save(run_dir: str | Path, update: int, trainable: dict[str, torch.Tensor], s
         out.write(save_safetensors({k: v.detach().contiguous().cpu() for k, v in trainable.items()}))
         digests[FILES[0]] = out.close()
         out = _HashingFile(tmp / FILES[1])
-        torch.save(state, out)
+        torch.save({**state, FORMAT_KEY: FORMAT}, out)
         digests[FILES[1]] = out.close()
         manifest = {"format": FORMAT, "update": update, "sha256": digests}
         if fingerprint is not None:
@@ -187,10 +206,10 @@ def save(run_dir: str | Path, update: int, trainable: dict[str, torch.Tensor], s
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoint stays the latest
         if isinstance(err, Exception) and _disk_full(err):
-            raise CheckpointError(
-                f"no space left on device while writing checkpoint {final}; the previous checkpoint is kept "
-                "(free some space, then resume with `genrl train --resume RUN_DIR`)"
-            ) from None
+            kept = (f"{earlier[0].name} is kept (free some space, then resume with `genrl train --resume {run_dir}`)"
+                    if earlier else "it was the run's first, so there is none to resume from "
+                    "(free some space, then run the same command again)")
+            raise CheckpointError(f"no space left on device while writing checkpoint {final}; {kept}") from None
         raise
     _put_in_place(tmp, final)
     _fsync_dir(root)
@@ -208,7 +227,7 @@ def config_sha256(fingerprint: dict) -> str:
 
 def latest(run_dir: str | Path) -> Path:
     """The directory RUN_DIR/checkpoints/latest names: a plain update_N name inside checkpoints/."""
-    root = Path(run_dir) / "checkpoints"
+    root = directory(run_dir)
     pointer = root / "latest"
     if not pointer.is_file():
         raise CheckpointError(f"no checkpoint in {root} (expected {pointer} naming a checkpoint directory)")
@@ -254,6 +273,8 @@ def load(path: str | Path, fingerprint: dict | None = None) -> tuple[dict[str, t
         if bad:
             raise CheckpointError(f"checkpoint {path} is corrupt: {where} holds non-finite values in {bad[0]!r}"
                                   f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}")
+    if manifest is None:
+        _check_written_before_manifests(path, state)
     return trainable, state
 
 
@@ -269,11 +290,9 @@ def _sha256(file: Path) -> str:
 
 
 def _read_manifest(path: Path) -> dict | None:
-    """The manifest, or None for a checkpoint written before manifests existed (no integrity check)."""
+    """The manifest, or None when there is none (`_check_written_before_manifests` decides if that may be)."""
     file = path / MANIFEST
     if not file.exists():
-        print(f"genrl: warning: checkpoint {path} has no {MANIFEST} (written by an older genrl): "
-              "its files cannot be checked against a checksum", file=sys.stderr)
         return None
     try:
         manifest = json.loads(file.read_text())
@@ -282,6 +301,22 @@ def _read_manifest(path: Path) -> dict | None:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("sha256"), dict):
         raise CheckpointError(f"checkpoint {path}: {MANIFEST} is not a genrl checkpoint manifest (format {FORMAT})")
     return manifest
+
+
+def _check_written_before_manifests(path: Path, state: dict) -> None:
+    """A checkpoint without a manifest loads (unchecked) only if written before manifests existed: deleting
+    manifest.json must not switch off the checksum and same-experiment checks."""
+    if FORMAT_KEY in state:
+        why = f"its state.pt says it was written with one (format {state[FORMAT_KEY]!r})"
+    elif siblings := [p.name for p in path.parent.iterdir() if p != path and update_of(p) is not None
+                      and (p / MANIFEST).is_file()]:
+        why = f"its run's other checkpoints have one ({sorted(siblings)[0]})"
+    else:
+        print(f"genrl: warning: checkpoint {path} has no {MANIFEST} (written by an older genrl): "
+              "its files cannot be checked against a checksum", file=sys.stderr)
+        return
+    raise CheckpointError(f"checkpoint {path} has no {MANIFEST}, but {why}: it was deleted, and without it neither "
+                          "the checksums nor the experiment can be checked; restore it, or resume from another checkpoint")
 
 
 def _check_fingerprint(path: Path, manifest: dict, fingerprint: dict) -> None:
@@ -301,7 +336,7 @@ def _check_fingerprint(path: Path, manifest: dict, fingerprint: dict) -> None:
 
 def candidates(run_dir: str | Path) -> list[Path]:
     """Checkpoint directories to try, best first: the one `latest` names, then the others, newest first."""
-    root = Path(run_dir) / "checkpoints"
+    root = directory(run_dir)
     if not root.is_dir():
         return []
     found = sorted((p for p in root.iterdir() if update_of(p) is not None and p.is_dir()), key=update_of, reverse=True)
@@ -318,7 +353,7 @@ def load_latest(run_dir: str | Path, fingerprint: dict | None = None,
     one (or the pointer) is unreadable or corrupt, the newest checkpoint that loads. A checkpoint of
     another experiment is an error, not a reason to fall back."""
     warn = warn or (lambda message: print(f"genrl: warning: {message}", file=sys.stderr))
-    root = Path(run_dir) / "checkpoints"
+    root = directory(run_dir)
     try:
         latest(run_dir)
     except CheckpointError as err:

@@ -68,8 +68,13 @@ def hold(directory: str | Path, what: str = "run directory") -> DirLock:
         who = f"process {pid}" if pid else "another process"
         raise RunDirError(f"{what} {str(directory)!r} is in use by {who} (one writer at a time); "
                           "wait for it to finish, stop it, or choose another directory") from None
-    os.ftruncate(handle, 0)
-    os.write(handle, f"{os.getpid()}\n".encode())
+    try:
+        os.ftruncate(handle, 0)
+        os.write(handle, f"{os.getpid()}\n".encode())
+    except OSError as err:  # e.g. a full disk: one line, and the lock is not left held by a lost handle
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        os.close(handle)
+        raise RunDirError(f"{what} {str(directory)!r} cannot be locked: {err.strerror}") from None
     return DirLock(path, handle)
 
 

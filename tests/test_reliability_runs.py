@@ -39,6 +39,7 @@ def test_a_fresh_run_refuses_a_directory_holding_a_run_until_told_to_overwrite(t
 def test_a_rerun_of_a_run_killed_before_its_first_checkpoint_starts_clean(toy_overrides, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
+    (run / rundir.RECORD).write_text(json.dumps({"genrl": "run", "format": 1, "outputs": list(rundir.OUTPUTS)}))
     (run / "config.yaml").write_text("seed: 7\n")  # what a run killed during update 1 leaves
     (run / "metrics.jsonl").write_text('{"update": 1, "reward_mean": 9.0}\n')
     (run / "eval").mkdir()
