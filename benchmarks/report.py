@@ -4,6 +4,7 @@ Everything is read back from what the trainer wrote (summary.json, eval/base.jso
 metrics.jsonl), so a report can be rebuilt from a results folder without
 rerunning anything, and a resumed run reports exactly like an uninterrupted one. Free
 baselines (the base model with guidance) come from OUT/baselines/*.json (genrl.benchmarks.baselines).
+This module computes the statistics and verdicts; genrl.benchmarks.tables renders them as table.md.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from genrl.benchmarks import baselines, stats
+# fmt and table_markdown are also this module's names (the harness calls report.fmt)
+from genrl.benchmarks.tables import ci, fmt, mean_or_none, signed, table_markdown
 
 
 def read_run(run_dir: Path, target: float | None) -> dict:
@@ -67,14 +70,14 @@ def aggregate(runs: list[dict], labels: list[str]) -> dict:
             "n": len(done), "seeds": [r["seed"] for r in done], "final_scores": scores,
             "final_mean": final["mean"], "final_sd": final["sd"], "final_ci95": final["ci95"],
             "final_iqm": final["iqm"], "final_iqm_ci95": final["iqm_ci95"],
-            "base_mean": _mean([r["base_score"] for r in done if r["base_score"] is not None]),
-            **{f"{k}_mean": _mean([r[k] for r in done if r.get(k) is not None]) for k in ("base_texture_bg", "final_texture_bg")},
-            "updates_mean": _mean([r["updates"] for r in done]),
-            "nfe_mean": _mean([r["nfe"] for r in done]), "wall_s_mean": _mean([r["wall_s"] for r in done]),
+            "base_mean": mean_or_none([r["base_score"] for r in done if r["base_score"] is not None]),
+            **{f"{k}_mean": mean_or_none([r[k] for r in done if r.get(k) is not None]) for k in ("base_texture_bg", "final_texture_bg")},
+            "updates_mean": mean_or_none([r["updates"] for r in done]),
+            "nfe_mean": mean_or_none([r["nfe"] for r in done]), "wall_s_mean": mean_or_none([r["wall_s"] for r in done]),
             "reached_target": len(hit),
-            "nfe_to_target_mean": _mean([r["nfe_to_target"] for r in hit]),
-            "wall_s_to_target_mean": _mean([r["wall_s_to_target"] for r in hit]),
-            "images_per_s_mean": _mean([r["images_per_s"] for r in done if r["images_per_s"]]),
+            "nfe_to_target_mean": mean_or_none([r["nfe_to_target"] for r in hit]),
+            "wall_s_to_target_mean": mean_or_none([r["wall_s_to_target"] for r in hit]),
+            "images_per_s_mean": mean_or_none([r["images_per_s"] for r in done if r["images_per_s"]]),
             "peak_mem_mb_max": max((r["peak_mem_mb"] for r in done if r["peak_mem_mb"] is not None), default=None),
         }
     return out
@@ -122,7 +125,7 @@ def verdict(best: str, pairs: list[dict]) -> str:
         return (f"{best} has the best mean, but some algorithm shares fewer than two finished seeds with it, "
                 "so no difference can be told from noise.")
     noisy = [p for p in pairs if not p["beyond_noise"]]
-    detail = "; ".join(f"vs {p['other']}: {_signed(p['diff'])} {_ci(p['ci95'], '+.3f')}, p = {p['p_holm']:.2g}"
+    detail = "; ".join(f"vs {p['other']}: {signed(p['diff'])} {ci(p['ci95'], '+.3f')}, p = {p['p_holm']:.2g}"
                        for p in pairs)
     if not noisy:
         return f"Beyond noise: {best} is ahead of every other algorithm ({detail})."
@@ -143,10 +146,6 @@ def _mdd_range(pairs: list[dict]) -> str:
     """The smallest to the largest minimum detectable difference of these pairs, e.g. "0.056 to 0.102"."""
     mdds = sorted(p["mdd"] for p in pairs)
     return f"{mdds[0]:.3f}" if mdds[0] == mdds[-1] else f"{mdds[0]:.3f} to {mdds[-1]:.3f}"
-
-
-def _signed(value: float | None) -> str:
-    return fmt(value, "+.3f")
 
 
 def first_crossing(curves: list[list[dict]], score: float) -> float | None:
@@ -283,146 +282,6 @@ def git_commit(repo: Path) -> dict:
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no") if commit else None
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
-
-
-# ---------------------------------------------------------------------------------------------- table.md
-
-
-def _mean(values: list) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def fmt(value, spec: str = ".3f", missing: str = "–") -> str:
-    return missing if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
-
-
-def _seconds(s: float | None) -> str:
-    if s is None:
-        return "–"
-    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
-
-
-def table_markdown(results: dict) -> str:
-    suite, agg, cmp = results["suite"], results["aggregate"], results["comparison"]
-    git, machine = results["git"], results["machine"]
-    target = suite["target_score"]
-    pairs = {p["other"]: p for p in cmp["pairs"]}
-    with_iqm = any(a["final_iqm"] is not None for a in agg.values())
-    lines = [
-        f"# Benchmark `{suite['name']}`{' (dry run)' if results['dry_run'] else ''}{_progress(results)}",
-        "",
-        f"{suite['description']}".strip(),
-        "",
-        f"Budget {suite['budget_nfe']:,} NFE per run (rollout + training forwards) · seeds {suite['seeds']} · "
-        f"held-out eval {_cadence(suite['eval_every'])} · target score {fmt(target, '.2f')} · "
-        f"commit {(git['commit'] or 'unknown')[:10]}{' (uncommitted changes)' if git['dirty'] else ''} · "
-        f"{machine['device']}{' ' + machine['gpu'] if machine.get('gpu') else ''}, {machine['cpu_count']} CPUs, "
-        f"torch {machine['torch_version']} · {machine['date']}",
-        "",
-        "| algorithm | seeds | final eval score, mean [95% CI] |" + (" IQM [95% CI] |" if with_iqm else "")
-        + " per seed | Δ vs best, paired [95% CI] | p (paired t, Holm) | MDD (80% power) | seeds to detect Δ |",
-        "|---|---|---|" + ("---|" if with_iqm else "") + "---|---|---|---|---|",
-    ]
-    for label, a in agg.items():
-        score = f"{fmt(a['final_mean'])} {_ci(a['final_ci95'])}" if a["n"] else "no finished run"
-        name = f"**{label}**" if label == cmp["best"] else label
-        if label == cmp["best"]:
-            score = f"**{score}**"
-        per_seed = ", ".join(f"{v:.3f}" for v in a["final_scores"])
-        iqm = f" {fmt(a['final_iqm'])} {_ci(a['final_iqm_ci95'])} |" if with_iqm and a["final_iqm"] is not None else (
-            " – |" if with_iqm else "")
-        p = pairs.get(label)
-        if label == cmp["best"]:
-            versus = " best | | | |"
-        elif p is None:
-            versus = " – | – | – | – |"
-        else:
-            needed = p["seeds_needed"] if p["seeds_needed"] is not None else ("> 1000" if p["p"] is not None else "–")
-            versus = (f" {_signed(p['diff'])} {_ci(p['ci95'], '+.3f')} | {fmt(p['p_holm'], '.2g')} | "
-                      f"{fmt(p['mdd'])} | {needed} |")
-        lines.append(f"| {name} | {a['n']} | {score} |{iqm} {per_seed} |{versus}")
-    lines += ["", f"**Noise:** {cmp['verdict']}", "",
-              "| algorithm | base | texture bg, base → final | updates | NFE spent | NFE to target | "
-              "wall-clock to target | images/s | peak mem (MiB) |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for label, a in agg.items():
-        n = f" ({a['reached_target']}/{a['n']})" if target is not None and a["n"] else ""
-        lines.append(
-            f"| {label} | {fmt(a['base_mean'])} | {_texture(a)} | {fmt(a.get('updates_mean'), '.0f')} | "
-            f"{fmt(a['nfe_mean'], ',.0f')} | "
-            f"{fmt(a['nfe_to_target_mean'], ',.0f')}{n} | {_seconds(a['wall_s_to_target_mean'])}{n} | "
-            f"{fmt(a['images_per_s_mean'], '.1f')} | {fmt(a['peak_mem_mb_max'], ',.0f')} |")
-    lines += _reference_table(results.get("reference"))
-    lines += baselines.table_lines(results.get("baselines"), _mean([a["base_mean"] for a in agg.values()
-                                                                     if a["base_mean"] is not None]), fmt)
-    failed = [r for r in results["runs"] if r["status"] != "finished"]
-    lines.append("")
-    if failed:
-        names = ", ".join("{label} seed {seed} ({status})".format(**r) for r in failed)
-        lines += [f"Not finished: {names}.", ""]
-    lines += [
-        "Statistics: scores are paired by seed. A seed fixes the prompt order and the rollout's random streams "
-        "(the initial noises coincide between algorithms that agree on sharing them within a group), and every run "
-        "is evaluated on the same prompts and noises. 95% CI: percentile bootstrap over seeds "
-        f"({stats.RESAMPLES:,} resamples), expanded for few seeds (Hesterberg 2015) so that it matches a t interval "
-        "on normal data; with 2–3 seeds it cannot reach past the seeds' own range. "
-        + (f"IQM: interquartile mean, the mean of the middle half of the seeds (from {stats.IQM_MIN_SEEDS} seeds). "
-           if with_iqm else "")
-        + "Δ vs best: mean over seeds of (algorithm − best). p: paired t-test, Holm-corrected over the "
-        f"comparisons with the best; beyond noise when p < {stats.ALPHA}. MDD: minimum detectable difference, the "
-        f"true gap the paired t-test would find {stats.POWER:.0%} of the time at this many seeds, from the observed "
-        "sd of the paired differences; seeds to detect Δ: how many seeds the observed gap would need for the same. "
-        "NFE to target / wall-clock to target: mean over the seeds that reached it (count in parentheses), first "
-        "eval point at or above the target. Wall-clock counts training only, not evaluation. Texture bg: ShapeWorld's "
-        "reward-hacking guard, the mean absolute adjacent-pixel difference inside the background of the held-out "
-        "images (flat renders: 0; docs/shapeworld.md, \"Reward hacking\").",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _reference_table(ref: dict | None) -> list[str]:
-    if not ref:
-        return []
-    lines = ["", f"**Cost to reach {ref['label']}'s final score ({ref['score']:.3f}, its mean over seeds):** where "
-             "each algorithm's seed-mean eval curve first reaches it (linear between eval points); × = "
-             f"{ref['label']}'s NFE / the algorithm's NFE (above 1: fewer model evaluations).", "",
-             "| algorithm | NFE | × | wall-clock, training | seeds whose own curve reaches it | "
-             f"Δ vs {ref['label']}, paired [95% CI] | p (paired t, Holm) | MDD (80% power) |",
-             "|---|---|---|---|---|---|---|---|"]
-    pairs = {p["other"]: p for p in ref.get("pairs", [])}
-    for label, c in ref["algorithms"].items():
-        never = "not reached within the budget"
-        p = pairs.get(label)
-        versus = ("reference | | |" if label == ref["label"] else " – | – | – |" if p is None else
-                  f"{_signed(p['diff'])} {_ci(p['ci95'], '+.3f')} | {fmt(p['p_holm'], '.2g')} | {fmt(p['mdd'])} |")
-        lines.append(f"| {label} | {fmt(c['nfe'], ',.0f', never)} | {fmt(c['nfe_ratio'], '.2f')} | "
-                     f"{_seconds(c['wall_s']) if c['wall_s'] is not None else never} | {c['seeds_reaching']}/{c['n']} | "
-                     f"{versus}")
-    if ref.get("verdict"):
-        lines += ["", f"**Against {ref['label']}:** {ref['verdict']} Its p-values are Holm-corrected over the "
-                  f"comparisons with {ref['label']}, a family apart from the comparisons with the best."]
-    return lines
-
-
-def _texture(a: dict) -> str:
-    """'0.0033 → 0.0232': mean background texture of the base and final evaluations (– off ShapeWorld)."""
-    return f"{fmt(a.get('base_texture_bg_mean'), '.4f')} → {fmt(a.get('final_texture_bg_mean'), '.4f')}"
-
-
-def _cadence(every: int) -> str:
-    return f"every {every} updates" if every else "before and after training"
-
-
-def _progress(results: dict) -> str:
-    if results.get("complete", True):
-        return ""
-    done = sum(r["status"] in ("finished", "done") for r in results["runs"])
-    return f" (in progress: {done} of {results['planned_runs']} runs finished)"
-
-
-def _ci(ci, spec: str = ".3f") -> str:
-    return f"[{format(ci[0], spec)}, {format(ci[1], spec)}]" if ci else "[n/a]"
 
 
 def main(argv: list[str] | None = None) -> int:
