@@ -1,0 +1,254 @@
+"""`tiny_video`: the embedded ShapeWorld-Motion base model (docs/video.md, "The tiny video denoiser").
+
+A small diffusers `WanTransformer3DModel` — the class of real Wan 2.1 / 2.2, so the video world
+exercises the same denoiser — working directly in pixel space on clips of 8 frames of 32×32 RGB
+(patch (1, 4, 4) → 8 × 8 × 8 = 512 tokens, Wan's 3-D rotary embedding over frame, row, column),
+conditioned through Wan's `encoder_hidden_states` / `text_dim` by genrl's tiny word-level text
+encoder (tiny_text.py) with the motion grammar's vocabulary. Pretrained with rectified flow on
+rendered clips by `python -m genrl.shapeworld_motion.pretrain`; the weights ship in
+genrl/assets/tiny_video (config.json, transformer.safetensors, text_encoder.safetensors) once made.
+
+Layouts: a latent is Wan's [C=3, F, H, W] (a clip mapped to [-1, 1], channels first);
+`decode` returns clips [N, F, 3, H, W] in [0, 1], the layout of `render_clip` and `score_clips`.
+
+    model = genrl.models.load("tiny_video")                    # shipped weights, LoRA r=8
+    model = genrl.models.load("tiny_video", pretrained=False, num_layers=1, attention_head_dim=12)  # tests
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tensordict import TensorDict
+from torch import Tensor, nn
+
+from genrl.errors import ConfigError, ModelError
+from genrl.models.base import ModelAdapter, register
+from genrl.models.finetune import FinetunedTransformer, check_finetune
+from genrl.models.hub import ModelFilesNotFound
+from genrl.models.tiny import WEIGHT_FILES, TinyShapeModel, _load_state, save_weights, weight_files
+from genrl.models.tiny_text import TinyTextEncoder, WordTokenizer
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "tiny_video"
+# flow_grpo's LoRA targets for Wan (scripts/train_wan2_1.py): the self- and cross-attention projections.
+DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+PROMPT_EMBEDS = "prompt_embeds"  # the conditioning key (nested under keys.CONTEXT in rollouts)
+
+
+@dataclass
+class TinyVideoConfig:
+    """Sizes of the tiny video model; stored as config.json["model"] next to the weights."""
+
+    vocabulary: list[str] = field(default_factory=list)  # words, in token-id order (id 0 = padding)
+    max_length: int = 12  # tokens per prompt (the longest motion prompt has 11 words)
+    text_width: int = 64  # text encoder width = Wan's text_dim
+    text_layers: int = 2
+    text_heads: int = 4
+    num_layers: int = 4  # Wan blocks
+    num_attention_heads: int = 4
+    attention_head_dim: int = 24  # Wan width = heads × head dim; rope splits it 8 (frame) + 8 (row) + 8 (col)
+    ffn_ratio: int = 2  # Wan's ffn_dim = ffn_ratio × width
+    freq_dim: int = 64  # sinusoidal timestep features (Wan 2.1: 256)
+    patch_size: int = 4  # spatial patch; the temporal patch is 1, as in Wan
+    frames: int = 8
+    sample_size: int = 32  # frame side in pixels
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> "TinyVideoConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown tiny_video model option(s) {unknown}; allowed: {sorted(known)}")
+        cfg = cls(**d)
+        if cfg.sample_size % cfg.patch_size:
+            raise ConfigError(f"{where}: sample_size {cfg.sample_size} is not a multiple of patch_size {cfg.patch_size}")
+        return cfg
+
+    @property
+    def tokens(self) -> int:
+        return self.frames * (self.sample_size // self.patch_size) ** 2
+
+
+def default_vocabulary() -> list[str]:
+    from genrl.shapeworld_motion import VOCABULARY
+
+    return list(VOCABULARY)
+
+
+def build_text_encoder(cfg: TinyVideoConfig) -> TinyTextEncoder:
+    return TinyTextEncoder(len(cfg.vocabulary) + 1, cfg.max_length, cfg.text_width, cfg.text_layers, cfg.text_heads)
+
+
+def build_transformer(cfg: TinyVideoConfig) -> nn.Module:
+    from diffusers import WanTransformer3DModel
+
+    inner = cfg.num_attention_heads * cfg.attention_head_dim
+    return WanTransformer3DModel(
+        patch_size=(1, cfg.patch_size, cfg.patch_size),
+        num_attention_heads=cfg.num_attention_heads,
+        attention_head_dim=cfg.attention_head_dim,
+        in_channels=3,
+        out_channels=3,
+        text_dim=cfg.text_width,
+        freq_dim=cfg.freq_dim,
+        ffn_dim=cfg.ffn_ratio * inner,
+        num_layers=cfg.num_layers,
+        # rope tables need only as many positions as the longest axis has patches
+        rope_max_seq_len=max(cfg.frames, cfg.sample_size // cfg.patch_size),
+    )
+
+
+def read_weights(directory: str | Path) -> tuple[TinyVideoConfig, dict, dict[str, Tensor], dict[str, Tensor]]:
+    """(config, full config.json, text encoder state, transformer state); errors name the path."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    files = weight_files(directory)
+    missing = [str(f.relative_to(directory)) for f in files if not f.is_file()]
+    if missing:
+        raise ModelFilesNotFound(
+            f"tiny_video model weights not found in {directory}: missing {missing} (expected files: {list(WEIGHT_FILES)}); "
+            "create them with `python -m genrl.shapeworld_motion.pretrain --out DIR` or pass pretrained=False"
+        )
+    try:
+        meta = json.loads(files[0].read_text())
+        cfg = TinyVideoConfig.from_dict(meta["model"], where=str(files[0]))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ModelError(f"corrupt tiny_video model config {files[0]}: {e!r}") from e
+    states = []
+    for path in files[1:]:
+        try:
+            states.append(load_file(str(path)))
+        except Exception as e:  # safetensors raises its own error types for truncated/garbled files
+            raise ModelError(f"corrupt tiny_video model weights {path}: {e}") from e
+    return cfg, meta, states[0], states[1]
+
+
+@register("tiny_video")
+class TinyVideoModel(FinetunedTransformer, ModelAdapter):
+    """ShapeWorld-Motion text-to-video flow model; latents are clips [3, F, H, W] mapped to [-1, 1].
+
+    Options as the `tiny` adapter's: pretrained (load genrl/assets/tiny_video) or weights=DIR;
+    finetune "lora" (peft on Wan's attention projections; reference = adapter disabled), "full"
+    or "none"; guidance_scale (CFG with the empty prompt when ≠ 1); seed (random init); size fields
+    of TinyVideoConfig (random init only).
+    """
+
+    latent_shape = (3, 8, 32, 32)
+
+    def __init__(
+        self,
+        *,
+        pretrained: bool = True,
+        weights: str | Path | None = None,
+        finetune: str = "lora",
+        lora_rank: int = 8,
+        lora_alpha: float | None = None,
+        lora_targets: Sequence[str] | None = None,
+        guidance_scale: float | None = 1.0,
+        seed: int = 0,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str = torch.float32,
+        **sizes,
+    ):
+        super().__init__()
+        check_finetune(finetune, "tiny_video")
+        self.guidance_scale = guidance_scale
+        if weights is not None or pretrained:
+            if sizes:
+                raise ConfigError(f"size options {sorted(sizes)} only apply with pretrained=False")
+            self.weights_path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+            cfg, self.weights_meta, text_state, transformer_state = read_weights(self.weights_path)
+        else:
+            self.weights_path, self.weights_meta = None, {}
+            sizes.setdefault("vocabulary", default_vocabulary())
+            cfg = TinyVideoConfig.from_dict(sizes, where="tiny_video model options")
+        self.config = cfg
+        self.tokenizer = WordTokenizer(cfg.vocabulary, cfg.max_length)
+        self.latent_shape = (3, cfg.frames, cfg.sample_size, cfg.sample_size)
+
+        with torch.random.fork_rng(devices=[]):  # random init must not disturb the caller's RNG
+            torch.manual_seed(seed)
+            self.text_encoder = build_text_encoder(cfg)
+            self.transformer = build_transformer(cfg)
+        if self.weights_path is not None:
+            _, text_file, transformer_file = weight_files(self.weights_path)
+            _load_state(self.text_encoder, text_state, text_file)
+            _load_state(self.transformer, transformer_state, transformer_file)
+
+        self.requires_grad_(False)  # the text encoder stays frozen in RL; only the denoiser is fine-tuned
+        self.text_encoder.eval()
+        alpha = 2 * lora_rank if lora_alpha is None else lora_alpha
+        targets = DEFAULT_LORA_TARGETS if lora_targets is None else lora_targets
+        self._setup_finetune(finetune, lora_rank=lora_rank, lora_alpha=alpha, lora_targets=targets)
+
+        self.register_buffer("_null_prompt_embeds", torch.empty(0), persistent=False)
+        self.refresh_unconditional()
+        self.to(device=device, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+
+    def check_prompt(self, prompt: str) -> None:
+        """Raise PromptError naming a word outside the vocabulary; with the motion vocabulary the
+        prompt must also parse in the motion grammar (the shipped model learnt nothing else)."""
+        self.tokenizer.encode([prompt])
+        if self.config.vocabulary == default_vocabulary():
+            from genrl.shapeworld_motion import parse
+
+            parse(prompt)
+
+    def condition(self, ids: Tensor) -> TensorDict:
+        """Conditioning of token ids [N, L] (with gradients when the text encoder trains: pretraining)."""
+        embeds, _ = self.text_encoder(ids)
+        return TensorDict({PROMPT_EMBEDS: embeds}, batch_size=[ids.shape[0]], device=ids.device)
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> TensorDict:
+        return self.condition(self.tokenizer.encode(prompts).to(self._device))
+
+    def refresh_unconditional(self) -> None:
+        """Recompute the cached encoding of "" (only needed if the text encoder changed)."""
+        self._null_prompt_embeds = self.encode([""])[PROMPT_EMBEDS]  # [1, L, D]
+
+    def unconditional(self, batch_size: int) -> TensorDict:
+        return TensorDict({PROMPT_EMBEDS: self._null_prompt_embeds.expand(batch_size, -1, -1)}, batch_size=[batch_size])
+
+    def _velocity(self, x: Tensor, sigma: Tensor, cond: TensorDict) -> Tensor:
+        dtype = self._null_prompt_embeds.dtype
+        sigma = torch.as_tensor(sigma, device=x.device, dtype=dtype).expand(x.shape[0])
+        return self._denoiser()(
+            hidden_states=x.to(dtype),  # [N, C, F, H, W], Wan's layout
+            timestep=sigma * 1000,  # Wan's scheduler convention: timesteps in [0, 1000]
+            encoder_hidden_states=cond[PROMPT_EMBEDS].to(dtype),
+            return_dict=False,
+        )[0]
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Latents [N, 3, F, H, W] → clips [N, F, 3, H, W] in [0, 1] (render_clip's layout)."""
+        return ((x.float().transpose(1, 2) + 1) / 2).clamp(0, 1)
+
+    def to_latent(self, clips: Tensor) -> Tensor:
+        """Inverse of `decode` on clips [N, F, 3, H, W] in [0, 1] (used by pretraining)."""
+        return clips.transpose(1, 2) * 2 - 1
+
+    def save_weights(self, directory: str | Path, **extra) -> None:
+        """Write config.json, transformer.safetensors and text_encoder.safetensors (what `weights=` loads)."""
+        from genrl.models.lora import merged_copy
+
+        save_weights(directory, self.config, self.text_encoder, merged_copy(self.transformer), **extra)
+
+    # The same folders as the image model's (its method reads only what both adapters have):
+    # DIR/transformer/ for WanTransformer3DModel.from_pretrained(DIR, subfolder="transformer"),
+    # DIR/text_encoder/ and DIR/config.json, which genrl.models.load("tiny_video", weights=DIR) reads back.
+    save_pretrained = TinyShapeModel.save_pretrained
+
+    @property
+    def _device(self) -> torch.device:
+        return self.text_encoder.position_embedding.device
+
+    def extra_repr(self) -> str:
+        weights = str(self.weights_path) if self.weights_path else "random init"
+        return f"weights={weights}, finetune={self.finetune}, guidance_scale={self.guidance_scale}"
