@@ -1,16 +1,17 @@
-"""`genrl train | eval | sample | export | bench` (docs/architecture.md, "Configuration and the CLI")."""
+"""`genrl train | eval | sample | export | plot | bench | probe | serve-reward`: arguments, launching, errors
+(docs/architecture.md, "Configuration and the CLI"); the commands that read a run live in genrl.commands."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 from pathlib import Path
 
-from genrl import stopping
-from genrl.errors import ConfigError, PromptError, UserError
+from genrl import plugins, stopping, threads
+from genrl.errors import ConfigError, UserError
+from genrl.commands import cmd_eval, cmd_export, cmd_plot, cmd_probe, cmd_sample, cmd_serve_reward
 from genrl.launch import run_launcher
 
 
@@ -24,10 +25,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     path, overrides = config.split_config_and_overrides(args.items)
     if _launched_here(args):
         _check_before_launch(args, _train_config(args, path, overrides))  # one clear error, not one per worker
-        rest = [*args.items] + (["--resume", args.resume] if args.resume else []) + (["--overwrite"] if args.overwrite else [])
+        rest = [*args.items, *plugins.import_flags(args.imports)] + (["--resume", args.resume] if args.resume else []) + (["--overwrite"] if args.overwrite else [])
         return _relaunch_with_accelerate(args, rest)
     cfg = _train_config(args, path, overrides)
     trainer = Trainer(cfg, run_dir=args.resume, overwrite=args.overwrite)
+    threads.for_command(args.threads)  # after the run's checks: an error stays the only line on stderr
     if args.resume:
         trainer.load_checkpoint()
     summary = trainer.run()
@@ -38,34 +40,33 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train_config(args: argparse.Namespace, path: str | None, overrides: list[str]):
     """The run's config: the saved one for --resume (which must then have a checkpoint)."""
-    from genrl import checkpoint, config
-    from genrl.resume import resume_config
+    from genrl import config
+    from genrl.resume import require_checkpoint, resume_config
 
     if not args.resume:
-        return config.load(path, overrides)
+        return plugins.keep_imports(config.load(path, overrides), args.imports)
     if args.overwrite:
         raise ConfigError("--overwrite starts a run afresh and --resume continues one: give one of them")
     cfg = resume_config(args.resume, overrides)
-    if not checkpoint.candidates(args.resume):
-        raise checkpoint.CheckpointError(
-            f"no checkpoint in {Path(args.resume) / 'checkpoints'}: the run stopped before its first checkpoint; "
-            f"start it again with `genrl train {Path(args.resume) / 'config.yaml'} run_dir={args.resume}`"
-        )
-    return cfg
+    require_checkpoint(args.resume)
+    return plugins.keep_imports(cfg, args.imports)
 
 
 def _check_before_launch(args: argparse.Namespace, cfg) -> None:
     """What every worker would refuse, refused once by the launching process."""
     from genrl import rundir
+    from genrl.build import build_algorithm, check_rollout_budget
     from genrl.distributed import require_device
 
+    algorithm = build_algorithm(cfg)  # the algorithm's own options: grouping_options' names, types and ranges
+    check_rollout_budget(cfg, algorithm.rollout_structure(cfg.train.group_size))  # a lower bound: no model yet
     n = args.num_processes
     if cfg.train.prompts_per_update % n:
         raise ConfigError(f"train.prompts_per_update={cfg.train.prompts_per_update} cannot be split whole over "
                           f"--num-processes {n} (each process samples whole prompt groups): make it a multiple of {n}")
     require_device(cfg.device)
-    if not args.resume and cfg.run_dir:
-        rundir.plan_start(cfg.run_dir, resumed=False, overwrite=args.overwrite)
+    if cfg.run_dir:  # also refuses a run directory in use by another run, naming its PID
+        rundir.plan_start(cfg.run_dir, resumed=bool(args.resume), overwrite=args.overwrite)
 
 
 def _print_config_help(path: str | None, overrides: list[str]) -> None:
@@ -93,6 +94,8 @@ def _print_config_help(path: str | None, overrides: list[str]) -> None:
 
 def _launched_here(args: argparse.Namespace) -> bool:
     """True when `--num-processes N` asks this process to start N others (and is not one of them)."""
+    if args.num_processes < 1:
+        raise ConfigError(f"--num-processes {args.num_processes} is not allowed: give 1 (this process) or more")
     if args.sharding and args.num_processes < 2:
         raise ConfigError("--sharding needs --num-processes 2 or more")
     return args.num_processes > 1 and "WORLD_SIZE" not in os.environ
@@ -104,7 +107,11 @@ def _relaunch_with_accelerate(args: argparse.Namespace, rest: list[str]) -> int:
     One process per GPU where there are GPUs (the run's `device` decides where each process
     computes, e.g. `device=cpu` keeps gloo on CPU), else CPU processes (gloo).
     """
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.num_processes)]
+    chosen = threads.plan(args.num_processes, args.threads)
+    threads.announce(chosen)
+    # accelerate sets each worker's OMP_NUM_THREADS to this (else to 1, whatever the cores).
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.num_processes),
+               "--num_cpu_threads_per_process", str(chosen.threads)]
     if args.sharding:  # an FSDP launcher config (genrl.sharding); accelerate takes the GPUs if any, else gloo on CPU
         command += ["--config_file", str(Path(__file__).parent / "configs" / "accelerate" / f"{args.sharding}.yaml")]
     else:
@@ -126,99 +133,34 @@ def _print_summary(summary: dict) -> None:
     if final:
         line = f"eval score (held-out prompts): final {final['score']:.3f}"
         if base:
+            from genrl.evaluation import change_uncertainty
+
             line += f", base {base['score']:.3f}, change {final['score'] - base['score']:+.3f}"
+            line += change_uncertainty(Path(summary["run_dir"]) / "eval")
         print(line)
+        if final.get("texture_bg") is not None:  # the reward-hacking guard (genrl.shapeworld.quality)
+            from genrl.evaluation import texture_words
+
+            print(f"  final {texture_words(final)}"
+                  + (f"; base {texture_words(base, clean=False)}" if base and base.get("texture_bg") is not None else ""))
         if base and "per_category" in final:
             for cat, value in final["per_category"].items():
                 print(f"  {cat:14s} base {base['per_category'].get(cat, float('nan')):.3f} -> final {value:.3f}")
 
 
-def _load_policy_model(run: str | None):
-    """The base model of the default config, or a run's model with its latest (or given) checkpoint."""
-    from genrl import config
-    from genrl.build import build_model
-    from genrl.runs import open_run
-
-    if run is None:
-        cfg = config.load()
-        return cfg, build_model(cfg)
-    loaded = open_run(run)
-    return loaded.config, loaded.adapter
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from genrl import evaluation
-    from genrl.build import build_reward
-    from genrl.grids import save_scored
-    from genrl.prompts import check_prompts, numbered_prompts, prompt_checks
-
-    numbered = numbered_prompts(args.prompts) if args.prompts else None
-    cfg, adapter = _load_policy_model(args.run)
-    numbered = numbered or numbered_prompts(cfg.prompts.eval)
-    reward = build_reward(cfg)
-    check_prompts(numbered, "--prompts" if args.prompts else "prompts.eval", prompt_checks(reward, adapter))
-    prompts = [prompt for _, prompt in numbered]
-    steps = args.steps or cfg.sampling.eval_steps
-    seeds = args.seeds or cfg.log.eval_seeds  # as training evaluates, so the scores compare
-    record = evaluation.evaluate_record(adapter, prompts, seeds, steps, cfg.eval_shift_for(adapter),
-                                        cfg.sampling.micro_batch, reward=reward, shown_per_prompt=seeds)
-    result, out = record.result, Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)
-    title = f"{args.run or 'the base model'} | {record.headline()}\n{record.marks()}"  # as a run's evaluation grids
-    grid = save_scored(out.with_suffix(".png"), record.thumbnails, record.blocks(), title, images_per_row=seeds * 2)
-    print(f"score {result['score']:.3f}" + (f"  partial {result['partial']:.3f}" if "partial" in result else ""))
-    for cat, value in result.get("per_category", {}).items():
-        print(f"  {cat:14s} {value:.3f}")
-    print(f"wrote {out} and {grid}")
-    return 0
-
-
-def cmd_sample(args: argparse.Namespace) -> int:
-    from genrl import evaluation
-    from genrl.grids import save_grid
-    from genrl.prompts import check_prompts, numbered_prompts, prompt_checks
-
-    numbered = [("--prompt", p) for p in args.prompt or []] + (numbered_prompts(args.prompts) if args.prompts else [])
-    if not numbered:
-        raise PromptError("give at least one --prompt TEXT or --prompts FILE")
-    cfg, adapter = _load_policy_model(args.run)
-    check_prompts(numbered, "genrl sample", prompt_checks(adapter=adapter))
-    prompts = [prompt for _, prompt in numbered]
-    per_prompt = args.seeds or cfg.log.eval_seeds
-    repeated, seeds = evaluation.evaluation_seeds(prompts, per_prompt)
-    seeds = [s + args.seed for s in seeds]
-    images = evaluation.sample_ode(adapter, repeated, seeds, args.steps or cfg.sampling.eval_steps,
-                                   cfg.eval_shift_for(adapter), cfg.sampling.micro_batch)
-    path = save_grid(images, repeated, Path(args.out), columns=per_prompt)
-    print(f"wrote {len(repeated)} images to {path}")
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from genrl.export import export_run
-
-    out, how = export_run(args.run, args.out, merge=args.merge)
-    print(f"wrote {out}; load it with {how}")
-    return 0
-
-
-def cmd_plot(args: argparse.Namespace) -> int:
-    from genrl.plot import plot_runs
-
-    print(f"wrote {plot_runs(args.runs, args.out)}")
-    return 0
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     from genrl.benchmarks.harness import run_suite
 
+    if args.estimate:  # runs nothing: the suite's cost, counted without weights or a GPU
+        from genrl.benchmarks.estimate import estimate, report
+
+        print(report(estimate(args.suite, args.overrides), args.mfu, args.num_processes))
+        return 0
     if _launched_here(args):
-        rest = [args.suite, *args.overrides] + (["--out", args.out] if args.out else []) + (["--dry-run"] if args.dry_run else [])
+        rest = [args.suite, *args.overrides, *plugins.import_flags(args.imports)] + (["--out", args.out] if args.out else []) + (["--dry-run"] if args.dry_run else [])
         return _relaunch_with_accelerate(args, rest)
-    run_suite(args.suite, args.out, dry_run=args.dry_run, overrides=args.overrides, jobs=args.jobs)
+    threads.for_command(args.threads, runs_side_by_side=max(1, args.jobs))
+    run_suite(args.suite, args.out, dry_run=args.dry_run, overrides=args.overrides, jobs=args.jobs, imports=args.imports)
     return 0
 
 
@@ -228,11 +170,14 @@ def add_launch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sharding", choices=("zero2", "fsdp"),
                    help="with --num-processes: shard gradients and optimizer states (zero2) or also parameters "
                         "(fsdp, ZeRO-3) with FSDP2 instead of keeping full replicas")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads per process (default: OMP_NUM_THREADS if set, else the cores shared by the "
+                        "processes); processes x threads above the cores makes every process wait")
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genrl", description="RL for text-to-image flow models")
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval,sample,export,plot,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,sample,export,plot,bench,serve-reward}")
 
     p = sub.add_parser("train", help="train a policy: genrl train [CONFIG] [dotted.key=value ...]")
     p.add_argument("items", nargs="*", help="optional config file (or bundled name), then dotted.key=value overrides")
@@ -242,6 +187,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in a run_dir that holds a previous run, deleting that run's outputs")
     add_launch_options(p)
+    plugins.add_import_option(p)
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run (or the base model) on held-out prompts")
@@ -251,6 +197,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="images per prompt, fixed seeds per prompt (default: log.eval_seeds of "
                    "the run's config, or of the bundled config for the base model: the number training evaluates with)")
     p.add_argument("--steps", type=int, help="ODE steps (default: sampling.eval_steps)")
+    p.add_argument("--guidance", type=float, metavar="G",
+                   help="sample with guidance scale G (classifier-free guidance, 1 = none; FLUX.1-dev: its embedded "
+                        "guidance) instead of the model's configured one; recorded in the JSON as 'guidance'")
+    plugins.add_import_option(p)
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("sample", help="draw images for prompts with a run's (or the base) model")
@@ -260,7 +210,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="samples.png", help="PNG grid to write")
     p.add_argument("--seeds", type=int, help="images per prompt (default: log.eval_seeds of the run's or the bundled config)")
     p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--score", action="store_true",
+                   help="ShapeWorld prompts: score each image (pass / fail and partial credit under it, the totals printed)")
     p.add_argument("--steps", type=int, help="ODE steps (default: sampling.eval_steps)")
+    plugins.add_import_option(p)
     p.set_defaults(fn=cmd_sample)
 
     p = sub.add_parser("export", help="write a run's policy for diffusers: a LoRA folder, or a transformer folder")
@@ -269,6 +222,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", action="store_true",
                    help="sd3 / flux LoRA runs: fold the adapter into the weights and write the whole transformer "
                         "(the tiny ShapeWorld model is always written whole)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="export into a directory holding other files: replace only the files export writes, keep the rest")
+    plugins.add_import_option(p)
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("plot", help="plot runs' reward, held-out score, KL, clip fraction, grad norm, images/s")
@@ -281,14 +237,40 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default bench_out/SUITE)")
     p.add_argument("--dry-run", action="store_true", help="tiny random components, one update per run (CPU check)")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="runs side by side, each with 1/N of the threads")
+    p.add_argument("--estimate", action="store_true",
+                   help="run nothing: print the suite's FLOPs (counted on the real model without weights), GPU-hours, "
+                        "wall-clock on --num-processes GPUs and peak memory per GPU on H100 / H200 / A100")
+    p.add_argument("--mfu", type=float, default=0.35,
+                   help="with --estimate: the fraction of the GPU's dense bf16 peak assumed (default 0.35)")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides applied to every run")
     add_launch_options(p)
+    plugins.add_import_option(p)
     p.set_defaults(fn=cmd_bench)
+    p = sub.add_parser("serve-reward", help="host a reward over HTTP for reward.name=remote (docs/rewards_remote.md)")
+    p.add_argument("items", nargs="*", help="optional config file (its reward section), then reward.* / device= overrides")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8700, help="port (default 8700; 0 picks a free one and prints it)")
+    p.add_argument("--token", default=None, help="refuse requests without it (401); default: $GENRL_REWARD_TOKEN")
+    p.add_argument("--max-batch", type=int, default=256, help="most images in one request (default 256)")
+    p.add_argument("--timeout-s", type=float, default=300.0, help="a request scoring longer gets 504 (default 300)")
+    p.add_argument("--device", default=None, help="torch device for the reward (default: the config's device)")
+    plugins.add_import_option(p)
+    p.set_defaults(fn=cmd_serve_reward)
+    probes = sub.add_parser("probe", help="measure a model without training it: genrl probe credit [RUN_DIR] --out DIR")
+    p = probes.add_subparsers(dest="probe", required=True).add_parser(
+        "credit", help="fork siblings from the ODE at every step: how much of the reward each step decides")
+    p.add_argument("run", nargs="?", default=None, help="a run directory or checkpoint (default: the base model)")
+    p.add_argument("--out", required=True, help="directory for credit.json and credit.png")
+    p.add_argument("--children", type=int, default=4, help="siblings forked at every step (default 4)")
+    p.add_argument("--seeds", type=int, default=2, help="trunks per prompt (default 2)")
+    p.add_argument("--prompts", default=None, help="prompt file (default: the run's held-out prompts)")
+    p.add_argument("--max-prompts", type=int, default=None, help="only the first N prompts (a quick look)")
+    p.set_defaults(fn=cmd_probe)
     return parser
 
 
 # Positional lists that take dotted.key=value overrides, per command.
-OVERRIDE_LISTS = {"train": "items", "bench": "overrides"}
+OVERRIDE_LISTS = {"train": "items", "bench": "overrides", "serve-reward": "items"}
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -310,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        plugins.load(getattr(args, "imports", []), "--import")  # before any config or run is read
         with stopping.handled(stopping.raise_interrupted, (signal.SIGTERM,)):  # SIGTERM stops like Ctrl-C
             return args.fn(args)
     except KeyboardInterrupt as err:
