@@ -25,6 +25,10 @@ the main job is 5e-5, so a log-ratio off by rounding is clipped, not learned fro
 
     python -m genrl.benchmarks.cpu_speed [--updates 20] [--warmup 5] [--repeats 3] [--processes 2]
     python -m genrl.benchmarks.cpu_speed --autocast [--repeats 3]
+    python -m genrl.benchmarks.cpu_speed --ratio [cpu_ratio's options]   # the denoiser's FLOP/s against a matmul's
+
+**Ratio to the limit** (`--ratio`, genrl.benchmarks.cpu_ratio): the denoiser's achieved FLOP/s in rollout calls and
+training passes as a fraction of this CPU's fp32 and bf16 matmul rates, measured in the same run.
 """
 
 from __future__ import annotations
@@ -155,6 +159,10 @@ def autocast_check(micro_batch: int = 16, repeats: int = 3, calls: int = 20) -> 
 
 
 def main() -> None:
+    if "--ratio" in sys.argv[1:]:
+        from genrl.benchmarks import cpu_ratio
+
+        return cpu_ratio.main([a for a in sys.argv[1:] if a != "--ratio"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
