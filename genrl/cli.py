@@ -12,7 +12,7 @@ from pathlib import Path
 from genrl import plugins, stopping, threads
 from genrl.errors import ConfigError, UserError
 from genrl.commands import cmd_eval, cmd_export, cmd_plot, cmd_probe, cmd_sample, cmd_serve_reward
-from genrl.launch import run_launcher
+from genrl.launch import Machines, run_launcher
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -60,13 +60,17 @@ def _check_before_launch(args: argparse.Namespace, cfg) -> None:
 
     algorithm = build_algorithm(cfg)  # the algorithm's own options: grouping_options' names, types and ranges
     check_rollout_budget(cfg, algorithm.rollout_structure(cfg.train.group_size))  # a lower bound: no model yet
-    n = args.num_processes
+    n, machines = args.num_processes, Machines.from_args(args)
     if cfg.train.prompts_per_update % n:
         raise ConfigError(f"train.prompts_per_update={cfg.train.prompts_per_update} cannot be split whole over "
-                          f"--num-processes {n} (each process samples whole prompt groups): make it a multiple of {n}")
+                          f"--num-processes {n}{' (the total over all machines)' if machines.count > 1 else ''} "
+                          f"(each process samples whole prompt groups): make it a multiple of {n}")
     require_device(cfg.device)
-    if cfg.run_dir:  # also refuses a run directory in use by another run, naming its PID
+    # Only machine 0 checks the run directory: the main process and so the directory's one writer (and its
+    # lock) live there; another machine writes nothing, and on a shared filesystem it would see machine 0's lock.
+    if cfg.run_dir and machines.writes_here:  # also refuses a run directory in use by another run, naming its PID
         rundir.plan_start(cfg.run_dir, resumed=bool(args.resume), overwrite=args.overwrite)
+    machines.check_port_free()
 
 
 def _print_config_help(path: str | None, overrides: list[str]) -> None:
@@ -98,6 +102,7 @@ def _launched_here(args: argparse.Namespace) -> bool:
         raise ConfigError(f"--num-processes {args.num_processes} is not allowed: give 1 (this process) or more")
     if args.sharding and args.num_processes < 2:
         raise ConfigError("--sharding needs --num-processes 2 or more")
+    Machines.from_args(args).check_processes(args.num_processes)
     return args.num_processes > 1 and "WORLD_SIZE" not in os.environ
 
 
@@ -107,11 +112,12 @@ def _relaunch_with_accelerate(args: argparse.Namespace, rest: list[str]) -> int:
     One process per GPU where there are GPUs (the run's `device` decides where each process
     computes, e.g. `device=cpu` keeps gloo on CPU), else CPU processes (gloo).
     """
-    chosen = threads.plan(args.num_processes, args.threads)
+    machines = Machines.from_args(args)
+    chosen = threads.plan(args.num_processes // machines.count, args.threads)  # the processes on this machine
     threads.announce(chosen)
     # accelerate sets each worker's OMP_NUM_THREADS to this (else to 1, whatever the cores).
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.num_processes),
-               "--num_cpu_threads_per_process", str(chosen.threads)]
+               "--num_cpu_threads_per_process", str(chosen.threads), *machines.accelerate_flags()]
     if args.sharding:  # an FSDP launcher config (genrl.sharding); accelerate takes the GPUs if any, else gloo on CPU
         command += ["--config_file", str(Path(__file__).parent / "configs" / "accelerate" / f"{args.sharding}.yaml")]
     else:
@@ -152,8 +158,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from genrl.benchmarks.harness import run_suite
 
     if args.estimate:  # runs nothing: the suite's cost, counted without weights or a GPU
-        from genrl.benchmarks.estimate import estimate, report
+        from genrl.benchmarks.estimate import check_projection, estimate, report
 
+        check_projection(args.mfu, args.num_processes)  # before minutes of counting
         print(report(estimate(args.suite, args.overrides), args.mfu, args.num_processes))
         return 0
     if _launched_here(args):
@@ -166,7 +173,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def add_launch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-processes", type=int, default=1, metavar="N",
-                   help="data-parallel processes through accelerate launch (one per GPU if there are GPUs, else CPU/gloo)")
+                   help="data-parallel processes through accelerate launch (one per GPU if there are GPUs, else CPU/gloo); "
+                        "with --num-machines the total over all machines, as accelerate's --num_processes")
+    p.add_argument("--num-machines", type=int, default=1, metavar="M",
+                   help="machines of the run: start one launcher on each (accelerate's --num_machines)")
+    p.add_argument("--machine-rank", type=int, default=0, metavar="R",
+                   help="this machine's rank, 0 to M-1; machine 0 runs the main process, the run directory's writer")
+    p.add_argument("--main-process-ip", metavar="IP", help="the address of machine 0, the same on every machine")
+    p.add_argument("--main-process-port", type=int, metavar="P",
+                   help="a free port on machine 0, the same on every machine (accelerate's default: 29500)")
     p.add_argument("--sharding", choices=("zero2", "fsdp"),
                    help="with --num-processes: shard gradients and optimizer states (zero2) or also parameters "
                         "(fsdp, ZeRO-3) with FSDP2 instead of keeping full replicas")

@@ -10,11 +10,15 @@ Outside training a signal stops the command at once with the same exit code.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# A folder named by genrl's launcher (genrl.launch) in which its workers note an agreed stop's signal: a
+# launcher whose workers stopped on a signal sent to another machine then exits 128 + that signal too.
+STOP_NOTES = "GENRL_STOP_NOTES"
 
 
 class Interrupted(KeyboardInterrupt):
@@ -47,7 +51,27 @@ class StopRequest:
         agreed = dist.max(int(self.signum or (SIGNALS[0] if self.requested else 0)))
         if agreed:
             self.requested, self.signum = True, agreed
+            note_for_launcher(agreed)
         return bool(agreed)
+
+
+def note_for_launcher(signum: int) -> None:
+    """Leave `signum` where genrl's launcher looks (nothing when started otherwise)."""
+    folder = os.environ.get(STOP_NOTES)
+    if folder and os.path.isdir(folder):
+        with contextlib.suppress(OSError):  # a lost note costs only the exit code
+            with open(os.path.join(folder, str(os.getpid())), "w") as note:
+                note.write(str(int(signum)))
+
+
+def read_notes(folder: str) -> int | None:
+    """The signal noted by the workers in `folder`, None if none was."""
+    with contextlib.suppress(OSError):
+        for name in sorted(os.listdir(folder)):
+            with contextlib.suppress(OSError, ValueError):
+                with open(os.path.join(folder, name)) as note:
+                    return int(note.read())
+    return None
 
 
 def raise_interrupted(signum: int, frame) -> None:
