@@ -6,8 +6,10 @@
 OUT/runs/{label}__{seed} is an ordinary genrl run directory (config.yaml,
 metrics.jsonl, eval/, checkpoints/, summary.json). Calling run_suite again with
 the same OUT is how a suite resumes: a run with summary.json is kept, a run with
-a checkpoint continues from it, anything else starts over. A run directory made
-with a different config is an error, never silently mixed into the table.
+a checkpoint continues from it, a run that stopped before its first checkpoint
+starts over (genrl.rundir clears only the files it recorded writing; a folder
+holding anything else is refused, never deleted). A run directory made with a
+different config is an error, never silently mixed into the table.
 OUT/results.json and OUT/table.md are rewritten after every run, so a suite
 running in the background can be read while it runs.
 
@@ -29,7 +31,6 @@ import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -70,6 +71,8 @@ def run_suite(suite: str | Path, out: str | Path | None = None, dry_run: bool = 
 def _run_suite_in(spec, out: Path, plans: list[RunPlan], dist: Dist, dry_run: bool, overrides: list[str],
                   jobs: int) -> dict:
     """run_suite once its inputs are checked and OUT is this process's."""
+    if dist.is_main:
+        _check_run_folders(plans)
     out.mkdir(parents=True, exist_ok=True)
     _say(f"suite {spec.name}: {len(plans)} runs ({len(spec.algorithms)} algorithms x {len(spec.seeds)} seeds), "
          f"{spec.budget_nfe:,} NFE each{' [dry run: 1 update each]' if dry_run else ''}"
@@ -165,10 +168,9 @@ def _run_one(plan: RunPlan, run_dir: Path, head: str, dist: Dist) -> str:
 
     if _kept_or_checked(plan, head):
         return "done"
+    # An attempt that died before its first checkpoint is the trainer's to restart (genrl.rundir): it clears only
+    # the outputs that attempt recorded writing, and refuses a folder holding anything else, which stays untouched.
     resume = _has_checkpoint(run_dir)
-    if not resume and run_dir.exists() and dist.is_main:
-        shutil.rmtree(run_dir)  # an attempt that died before its first checkpoint: its metrics would be stale
-    dist.barrier()
     _reset_peak_memory(plan.cfg.device)
     trainer = Trainer(plan.cfg, run_dir=run_dir)
     if resume:
@@ -262,6 +264,20 @@ def _kept_or_checked(plan: RunPlan, head: str) -> bool:
     if finished:
         _say(f"{head}: already finished, kept ({run_dir})")
     return finished
+
+
+def _check_run_folders(plans: list[RunPlan]) -> None:
+    """Before the suite writes anything, what a run would refuse only when its turn came, hours later: a
+    finished or checkpointed run made under another config, and a run folder that the trainer may not start in
+    (files genrl did not record writing, another process holding it: genrl.rundir.plan_start)."""
+    from genrl import rundir
+
+    for plan in plans:
+        run_dir = Path(plan.cfg.run_dir)
+        if (run_dir / "summary.json").exists() or _has_checkpoint(run_dir):
+            _check_same_config(plan, run_dir)
+        elif run_dir.exists():
+            rundir.plan_start(run_dir, resumed=False)
 
 
 def _has_checkpoint(run_dir: Path) -> bool:

@@ -39,7 +39,7 @@ from pathlib import Path
 import yaml
 
 import genrl.algorithms  # noqa: F401  (registers the algorithms whose sections config parses)
-from genrl import config, plugins
+from genrl import config, config_io, plugins
 from genrl.config import ConfigError
 
 SUITES_DIR = Path(__file__).parent / "suites"
@@ -98,10 +98,8 @@ def find_suite(suite: str | Path) -> Path:
 def load_suite(suite: str | Path) -> Suite:
     """Read and check a suite YAML; errors name the key, the value and what is allowed."""
     path = find_suite(suite)
-    try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
-    except _DuplicateKey as err:
-        raise ConfigError(f"suite {str(path)!r}: {err}") from None
+    try:  # a key given twice (two arms with one label) is refused: YAML would silently keep the last
+        data = config_io.safe_load(path.read_text(), f"suite {str(path)!r}") or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"suite {str(path)!r} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
@@ -121,6 +119,8 @@ def load_suite(suite: str | Path) -> Suite:
     for label, section in data["algorithms"].items():
         ok = _LABEL.match(str(label)) and isinstance(section or {}, dict)
         need(bool(ok), "algorithms", f"labels of letters, digits, _ . - (got {label!r}) each with a mapping")
+    labels = [str(label) for label in data["algorithms"]]  # `1:` and `"1":` are two YAML keys but one run directory
+    need(len(set(labels)) == len(labels), "algorithms", "distinct labels (each names its runs' directories)")
     seeds = data.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = list(range(seeds))
@@ -145,28 +145,6 @@ def load_suite(suite: str | Path) -> Suite:
         reference=None if reference is None else str(reference),
         description=str(data.get("description", "")), dry_run_overrides=data.get("dry_run_overrides") or [],
     )
-
-
-class _DuplicateKey(yaml.YAMLError):
-    pass
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.safe_load, but a key given twice in one mapping is an error: YAML keeps the last silently, which
-    would drop an arm of the suite (two `flow_grpo:` labels) without a word."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<: *anchor` may repeat keys on purpose; a non-scalar key is refused by yaml itself
-            key = self.construct_object(key_node)
-            if key in seen:
-                raise _DuplicateKey(f"key {key!r} is given twice in one mapping (again at line "
-                                    f"{key_node.start_mark.line + 1}); YAML would keep only the last: give each "
-                                    "its own name, or remove one")
-            seen.add(key)
-        return super().construct_mapping(node, deep)
 
 
 def _merge(data: dict, patch: dict) -> dict:
@@ -230,12 +208,26 @@ def plan_runs(suite: Suite, dry_run: bool = False, overrides: list[str] | tuple 
                 data["imports"] = plugins.merged(plugins.listed(data.get("imports"), "imports"), imports)
             try:
                 cfg = config.from_dict(data)
+                trees = _check_before_running(cfg)
             except ConfigError as err:
                 raise ConfigError(f"suite {suite.name}, {label} seed {seed}: {err}") from None
             if not dry_run:
-                cfg.train.updates = update_cap(cfg)
+                cfg.train.updates = update_cap(cfg, trees)
             plans.append(RunPlan(label, algorithm, seed, cfg))
     return plans
+
+
+def _check_before_running(cfg: config.Config) -> bool:
+    """What a run would refuse only when it starts, refused before the suite writes anything (as `genrl train`
+    does before it launches): the algorithm's own options (grouping_options; a tree algorithm's structure and
+    structure_options, against train.group_size) and one update's rollout against the budget (a lower bound:
+    no model is loaded, so guidance is not counted). True when the algorithm samples trees."""
+    from genrl.build import build_algorithm, check_rollout_budget
+
+    algorithm = build_algorithm(cfg)
+    structure = algorithm.rollout_structure(cfg.train.group_size)
+    check_rollout_budget(cfg, structure)
+    return structure is not None
 
 
 def _check_algorithms(suite: Suite, imports: list[str]) -> None:
@@ -252,8 +244,11 @@ def _check_algorithms(suite: Suite, imports: list[str]) -> None:
                               f"if it is your own algorithm, it is {plugins.HOW_TO_REGISTER})")
 
 
-def update_cap(cfg: config.Config) -> int:
+def update_cap(cfg: config.Config, trees: bool = False) -> int:
     """train.updates is only a safety cap above what the budget allows: every update spends at least
-    N·K forwards on its rollout, so the NFE budget always stops a run first."""
-    rollout_nfe = cfg.train.prompts_per_update * cfg.train.group_size * cfg.sampling.num_steps
+    N·K forwards on its rollout, so the NFE budget always stops a run first. A tree (`trees`) shares its
+    prefixes, so it may cost far fewer than its G leaves' K steps (MixGRPO's late windows, TempFlow's 49
+    leaves from 274 calls): its lower bound is one path of K steps per prompt."""
+    per_prompt = cfg.sampling.num_steps * (1 if trees else cfg.train.group_size)
+    rollout_nfe = cfg.train.prompts_per_update * per_prompt
     return math.ceil(cfg.train.nfe_budget / rollout_nfe) + 1

@@ -146,6 +146,9 @@ def shared_prefix(num_steps: int, group_size: int, update: int = 0, size: Annota
     """ODE before the window [c, c + size) (cut at step K − 2), a fork of G at c, the SDE inside it, the
     ODE after: the G samples of a prompt share the prefix, computed once (MixGRPO). `start` pins c;
     else it slides (`window_start`)."""
+    if start is not None and start > num_steps - 2:
+        raise ConfigError(f"start={start!r} is past step {num_steps - 2}, the last with a stochastic successor of "
+                          f"{num_steps} steps; give a start in [0, {num_steps - 2}], or none to slide the window")
     c = window_start(update, num_steps, every, stride) if start is None else start
     end = min(c + size, num_steps - 1)
     plans = [StepPlan(sde=c <= k < end, fork=group_size if k == c else 1) for k in range(num_steps)]
@@ -153,14 +156,19 @@ def shared_prefix(num_steps: int, group_size: int, update: int = 0, size: Annota
 
 
 @register("branches")
-def branches(num_steps: int, group_size: int, update: int = 0, points: list = (0, 3, 6, 9),
+def branches(num_steps: int, group_size: int, update: int = 0,
+             points: Annotated[list[int], Range("[0, inf)", "steps of the grid")] = (0, 3, 6, 9),
              fork: Annotated[int, Range("[1, inf)")] = 2, noise: Annotated[float, Range("(0, inf)")] = 4.0,
              prune: str | None = None, prune_at: Annotated[int | None, Range("[0, inf)")] = None,
              keep: Annotated[int, Range("[0, inf)")] = 0) -> Structure:
     """Forks of `fork` at `points`, the SDE on every step (BranchGRPO); `noise` multiplies the std of
     the draws at a fork. Optionally a pruning rule keeps `keep` nodes per tree after step `prune_at`."""
+    outside = [p for p in points if not isinstance(p, int) or isinstance(p, bool) or p >= num_steps]
+    if outside:  # a point off the grid would silently fork nowhere
+        raise ConfigError(f"points={list(points)!r}: {outside} are not steps of the {num_steps}-step grid; give "
+                          f"integers in [0, {num_steps - 2}]")
     if prune is not None and (keep < 1 or prune_at is None):
-        raise ConfigError(f"branches: pruning rule {prune!r} with keep={keep!r} at prune_at={prune_at!r} removes "
+        raise ConfigError(f"pruning rule {prune!r} with keep={keep!r} at prune_at={prune_at!r} removes "
                           "every node; give keep >= 1 and the step prune_at")
     plans = []
     for k in range(num_steps):
@@ -191,6 +199,8 @@ def build(name: str, options: dict, num_steps: int, group_size: int, update: int
         structure = factory(num_steps, group_size, update, **options)
     except TypeError as err:
         raise ConfigError(f"{key}.structure_options {options!r} rejected by {name!r}: {err}") from None
+    except ConfigError as err:  # a structure's own check of its options, named with the key it came from
+        raise ConfigError(f"{key}.structure_options of {name!r}: {err}") from None
     if structure is not None:
         if len(structure.steps) != num_steps:
             raise ConfigError(f"{key}: structure {name!r} gave {len(structure.steps)} steps for sampling.num_steps={num_steps}")

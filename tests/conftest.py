@@ -79,6 +79,16 @@ def _deterministic():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (`pytestmark = pytest.mark.usefixtures("one_thread")`): the tiny models'
+    small matrix products only contend for a shared machine's cores with a second thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _own_eval_cache(tmp_path, monkeypatch):
     """Each test its own evaluation cache (genrl.eval_cache), never the user's ~/.cache."""
