@@ -70,7 +70,7 @@ def check(ok: bool, key: str, value, allowed: str) -> None:
 
 
 def final_samples(rollout: TensorDictBase) -> Tensor:
-    """x₀ [n, C, H, W], each trajectory's final sample: the one place that knows where a rollout keeps it."""
+    """x₀ [n, *latent_shape], each trajectory's final sample: the one place that knows where a rollout keeps it."""
     return rollout.get(keys.ACTION)[:, -1]
 
 
@@ -103,7 +103,7 @@ class ReNoisedObjective(Objective):
         self.velocity, self.old, self.reference, self.beta = velocity, old, reference, beta
 
     def re_noised(self, rows: TensorDictBase) -> tuple[Tensor, Tensor, Tensor, Tensor, TensorDictBase]:
-        """x₀, ε, t [S] and x_t = (1 − t)·x₀ + t·ε [S, C, H, W], and the context."""
+        """x₀, ε, t [S] and x_t = (1 − t)·x₀ + t·ε [S, *latent_shape], and the context."""
         k = self.tensor_keys
         x0, t = rows.get(k.sample).float(), rows.get(k.time).float()
         eps = initial_noise(rows.get(k.eps_seed).cpu(), x0.shape[1:]).to(x0)

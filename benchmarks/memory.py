@@ -49,8 +49,9 @@ def storage_bytes(tds: Sequence[TensorDictBase]) -> int:
 
 
 class ShapeAdapter(ModelAdapter):
-    """A model's latent and context shapes and dtypes (as its adapter's `encode` returns them) and a zero
-    velocity: what a rollout stores does not depend on the weights."""
+    """A model's latent (of any rank: an image's [C, H, W], a video's [C, F, H, W]) and context shapes and
+    dtypes (as its adapter's `encode` returns them) and a zero velocity: what a rollout stores does not
+    depend on the weights."""
 
     def __init__(self, latent_shape: tuple, context: dict):
         super().__init__()
@@ -73,6 +74,11 @@ def stand_in_adapter(cfg: config.Config) -> ShapeAdapter:
     tokens, pooled = (77 + o["max_sequence_length"], 2048) if cfg.model.name == "sd3" else (o["max_sequence_length"], 768)
     return ShapeAdapter((16, side, side), {keys.PROMPT_EMBEDS: ((tokens, 4096), torch.bfloat16),
                                            keys.POOLED_EMBEDS: ((pooled,), torch.bfloat16)})
+
+
+def mean_pixel(images: torch.Tensor, prompts) -> torch.Tensor:
+    """A stand-in reward [N] of images [N, 3, H, W] or clips [N, F, 3, H, W]: the bytes do not depend on it."""
+    return images.flatten(1).mean(1)
 
 
 def rollout_and_batch(parts: build.Components):
@@ -130,7 +136,7 @@ def computed(suite: str, algorithm: str) -> dict:
     cfg = plan.cfg
     small = config.from_dict(config.apply_overrides(cfg.to_dict(), SMALL))
     adapter = stand_in_adapter(cfg)
-    parts = build.build(small, adapter=adapter, reward=lambda images, prompts: images.mean((1, 2, 3)), env_reward=False)
+    parts = build.build(small, adapter=adapter, reward=mean_pixel, env_reward=False)
     rollout, batch = rollout_and_batch(parts)
     latent, context, k = sizes(rollout)
     n_small, n = rollout.batch_size[0], cfg.train.prompts_per_update * cfg.train.group_size

@@ -85,4 +85,6 @@ class DenoiseGymEnv(gymnasium.Env):
         return self.adapter.decode(torch.from_numpy(self._latents).unsqueeze(0)).float()
 
     def render(self):
-        return (self._image()[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        image = self._image()[0]  # [3, H, W], or a clip [F, 3, H, W]: its frames side by side
+        image = image.permute(1, 2, 0, 3).flatten(2) if image.dim() == 4 else image
+        return (image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)

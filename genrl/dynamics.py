@@ -70,7 +70,7 @@ def sigma_schedule(name: str, num_steps: int, shift: float = 1.0) -> Tensor:
 
 
 def _per_sample(value: Tensor | float, like: Tensor) -> Tensor:
-    """σ or s as [B, 1, 1, …] so it broadcasts over a latent [B, C, H, W]."""
+    """σ or s as [B, 1, …, 1] so it broadcasts over a latent of any rank ([B, C, H, W], [B, C, F, H, W])."""
     value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     if value.dim() == 0:
         value = value.expand(like.shape[0])

@@ -35,7 +35,8 @@ def sample_ode(
     micro_batch: int = 16,
     progress: str | None = None,
 ) -> Tensor:
-    """Images [N, 3, H, W] in [0, 1] for prompts[i] from initial-noise seed seeds[i], Euler ODE.
+    """Images [N, 3, H, W] (a video model's clips [N, F, 3, H, W]) in [0, 1] for prompts[i] from
+    initial-noise seed seeds[i], Euler ODE.
 
     `progress`: the description of a progress bar over the steps (None: no bar).
     """
@@ -170,8 +171,10 @@ def evaluate_record(
     """
     repeated, seeds = evaluation_seeds(prompts, images_per_prompt)
     images = sampler(adapter, repeated, seeds, num_steps, shift, micro_batch, progress=progress)
-    if is_shapeworld(list(prompts)):
-        scores, result = shapeworld_scores(images, repeated, seeds)
+    # ShapeWorld's judge reads images, so also one-frame clips; clips [N, F, 3, H, W] of F > 1: the reward
+    stills = images[:, 0] if images.dim() == 5 and images.shape[1] == 1 else images
+    if stills.dim() == 4 and is_shapeworld(list(prompts)):
+        scores, result = shapeworld_scores(stills, repeated, seeds)
     else:
         if reward is None:
             raise ValueError("evaluating non-ShapeWorld prompts needs a reward")

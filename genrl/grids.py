@@ -60,13 +60,19 @@ def thumbnails(images: Tensor) -> Tensor:
     """[N, 3, H, W] floats in [0, 1] -> [N, 3, h, w] uint8, shrunk to CELL_MAX px when larger.
 
     Smaller images keep their pixels (they are enlarged when drawn), so a saved record stays small.
+    Clips [N, F, 3, H, W] (a video model's decode) become filmstrips [N, 3, h, F·w]: each frame
+    shrunk as an image, the frames side by side, so every grid draws a clip as one row of frames.
     """
     x = images.detach().float().cpu().clamp(0, 1)
+    frames = x.shape[1] if x.dim() == 5 else 0
+    if frames:
+        x = x.flatten(0, 1)  # every frame an image
     longest = max(x.shape[-2:])
     if longest > CELL_MAX:
         size = tuple(max(1, round(s * CELL_MAX / longest)) for s in x.shape[-2:])
         x = torch.nn.functional.interpolate(x, size=size, mode="area")
-    return (x * 255).round().to(torch.uint8)
+    x = (x * 255).round().to(torch.uint8)
+    return x.unflatten(0, (-1, frames)).permute(0, 2, 3, 1, 4).flatten(3) if frames else x
 
 
 def save_grid(images: Tensor, prompts: Sequence[str], path: str | Path, columns: int = 8, title: str | None = None) -> Path:
