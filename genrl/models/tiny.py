@@ -145,30 +145,34 @@ def weight_files(directory: str | Path) -> tuple[Path, Path, Path]:
     return directory / names[0], directory / names[2], directory / names[1]
 
 
-def read_weights(directory: str | Path) -> tuple[TinyConfig, dict, dict[str, Tensor], dict[str, Tensor]]:
-    """(config, full config.json, text encoder state, transformer state); errors name the path."""
+def read_weights(directory: str | Path, config_class: type | None = None, name: str = "tiny",
+                 pretrain: str = "python -m genrl.shapeworld.pretrain --out DIR") -> tuple[Any, dict, dict[str, Tensor], dict[str, Tensor]]:
+    """(config, full config.json, text encoder state, transformer state) of a tiny model's folder; errors name
+    the path. `config_class` (default TinyConfig), `name` and `pretrain` (the script that makes the weights)
+    let the tiny video model read its folders the same way."""
     from safetensors.torch import load_file
 
+    config_class = config_class or TinyConfig
     directory = Path(directory)
     files = weight_files(directory)
     missing = [str(f.relative_to(directory)) for f in files if not f.is_file()]
     if missing:
         raise ModelFilesNotFound(
-            f"tiny model weights not found in {directory}: missing {missing} (expected files: {list(WEIGHT_FILES)}, "
+            f"{name} model weights not found in {directory}: missing {missing} (expected files: {list(WEIGHT_FILES)}, "
             f"or {list(PRETRAINED_FILES)} as save_pretrained writes them); "
-            "create them with `python -m genrl.shapeworld.pretrain --out DIR` or pass pretrained=False"
+            f"create them with `{pretrain}` or pass pretrained=False"
         )
     try:
         meta = json.loads(files[0].read_text())
-        cfg = TinyConfig.from_dict(meta["model"], where=str(files[0]))
+        cfg = config_class.from_dict(meta["model"], where=str(files[0]))
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ModelError(f"corrupt tiny model config {files[0]}: {e!r}") from e
+        raise ModelError(f"corrupt {name} model config {files[0]}: {e!r}") from e
     states = []
     for path in files[1:]:
         try:
             states.append(load_file(str(path)))
         except Exception as e:  # safetensors raises its own error types for truncated/garbled files
-            raise ModelError(f"corrupt tiny model weights {path}: {e}") from e
+            raise ModelError(f"corrupt {name} model weights {path}: {e}") from e
     return cfg, meta, states[0], states[1]
 
 

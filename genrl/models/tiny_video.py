@@ -18,7 +18,6 @@ Layouts: a latent is Wan's [C=3, F, H, W] (a clip mapped to [-1, 1], channels fi
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,11 +26,11 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor, nn
 
-from genrl.errors import ConfigError, ModelError
+from genrl.errors import ConfigError
 from genrl.models.base import ModelAdapter, register
 from genrl.models.finetune import FinetunedTransformer, check_finetune
-from genrl.models.hub import ModelFilesNotFound
-from genrl.models.tiny import WEIGHT_FILES, TinyShapeModel, _load_state, save_weights, weight_files
+from genrl.models import tiny
+from genrl.models.tiny import TinyShapeModel, _load_state, save_weights, weight_files
 from genrl.models.tiny_text import TinyTextEncoder, WordTokenizer
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "tiny_video"
@@ -105,28 +104,7 @@ def build_transformer(cfg: TinyVideoConfig) -> nn.Module:
 
 def read_weights(directory: str | Path) -> tuple[TinyVideoConfig, dict, dict[str, Tensor], dict[str, Tensor]]:
     """(config, full config.json, text encoder state, transformer state); errors name the path."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    files = weight_files(directory)
-    missing = [str(f.relative_to(directory)) for f in files if not f.is_file()]
-    if missing:
-        raise ModelFilesNotFound(
-            f"tiny_video model weights not found in {directory}: missing {missing} (expected files: {list(WEIGHT_FILES)}); "
-            "create them with `python -m genrl.shapeworld_motion.pretrain --out DIR` or pass pretrained=False"
-        )
-    try:
-        meta = json.loads(files[0].read_text())
-        cfg = TinyVideoConfig.from_dict(meta["model"], where=str(files[0]))
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ModelError(f"corrupt tiny_video model config {files[0]}: {e!r}") from e
-    states = []
-    for path in files[1:]:
-        try:
-            states.append(load_file(str(path)))
-        except Exception as e:  # safetensors raises its own error types for truncated/garbled files
-            raise ModelError(f"corrupt tiny_video model weights {path}: {e}") from e
-    return cfg, meta, states[0], states[1]
+    return tiny.read_weights(directory, TinyVideoConfig, "tiny_video", "python -m genrl.shapeworld_motion.pretrain --out DIR")
 
 
 @register("tiny_video")
