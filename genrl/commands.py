@@ -47,6 +47,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
         raise ConfigError(f"--guidance {args.guidance} is not a guidance scale: give a number >= 0 (1: no guidance)")
+    if Path(args.out).suffix.lower() == ".png":  # the JSON would be written, then overwritten by its own grid
+        raise ConfigError(f"--out {args.out!r} names the JSON summary; give a .json name (the grid goes beside it as .png)")
     _check_request(args, Path(args.out), Path(args.out).with_suffix(".png"))  # before the evaluation, not after
     numbered = numbered_prompts(args.prompts) if args.prompts else None
     cfg, adapter = _load_policy_model(args.run)

@@ -236,6 +236,7 @@ def test_a_second_bench_on_one_out_is_refused_naming_the_first(tmp_path, toy_ove
     (["sample", "--prompt", "a red circle", "--steps", "0"], "--steps 0 is not allowed"),
     (["eval", "--out", "taken"], "is a directory"),
     (["eval", "--out", "taken/../grid_taken.json"], "grid_taken.png is a directory"),
+    (["eval", "--out", "scores.png"], "give a .json name"),
     (["sample", "--prompt", "a red circle", "--out", "taken"], "is a directory"),
     (["sample", "--prompt", "a red circle", "--out", "a_file/samples.png"], "a_file is a file"),
 ])
