@@ -27,7 +27,7 @@ def test_overrides_parse_yaml_values():
         ("train.updatez=3", "unknown config key 'train.updatez'"),
         ("train.lr=fast", "train.lr='fast' has the wrong type: expected float"),
         ("train.group_size=1", "train.group_size=1 is not allowed"),
-        ("algorithm=ppo", "algorithm='ppo' is not allowed: choose one of awm, branch_grpo, chunk_grpo, dance_grpo, diffusion_nft, flow_grpo, mix_grpo, tempflow_grpo"),
+        ("algorithm=ppo", "algorithm='ppo' is not allowed: choose one of awm, branch_grpo, chunk_grpo, dance_grpo, diffusion_nft, flow_grpo"),
         ("chunk_grpo.unit_weighting=max", "chunk_grpo.unit_weighting='max' is not allowed: choose one of uniform, l1, softmax"),
         ("chunk_grpo.unit_fraction=0", "chunk_grpo.unit_fraction=0.0 is not allowed"),
         ("train.minibatches=3", "train.minibatches=3 is not allowed: expected a divisor"),

@@ -106,7 +106,7 @@ def test_config_errors_exit_non_zero_and_name_the_key(capsys):
     assert cli.main(["train", "train.lr=fast"]) == 2
     assert "train.lr='fast'" in capsys.readouterr().err
     assert cli.main(["train", "algorithm=ppo"]) == 2
-    assert "choose one of awm, branch_grpo, chunk_grpo, dance_grpo, diffusion_nft, flow_grpo, mix_grpo, tempflow_grpo" in capsys.readouterr().err
+    assert "choose one of awm, branch_grpo, chunk_grpo, dance_grpo, diffusion_nft, flow_grpo" in capsys.readouterr().err
 
 
 def test_empty_prompt_file_is_an_error_and_writes_nothing(toy_overrides, tmp_path, capsys):
