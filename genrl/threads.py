@@ -59,8 +59,9 @@ class ThreadPlan:
         on 2 cores, 30-60 s per update instead of 1.7 s), or None. The load average lags, so it is only a note."""
         if load is None or load < 1 or load + self.threads * self.processes <= self.cores + 0.5:
             return None
+        added = self.threads * self.processes
         return (f"genrl: note: the machine is busy (1-minute load average {load:.1f} on {self.cores} cores) and this "
-                f"command adds {self.threads * self.processes} threads: if another job is running, both can be many "
+                f"command adds {added} thread{'s' if added != 1 else ''}: if another job is running, both can be many "
                 f"times slower; {FIX}, or run one job at a time")
 
 
