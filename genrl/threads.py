@@ -54,12 +54,16 @@ class ThreadPlan:
                 f"threads on {self.cores} cores: threads waiting for a core stall the others, and updates can take "
                 f"many times longer; {FIX}")
 
-    def busy_note(self, load: float | None) -> str | None:
+    def busy_note(self, load: float | None, busy_now: float | None = None) -> str | None:
         """A note when other processes already keep the cores busy (another job: the issue's two 2-thread runs
-        on 2 cores, 30-60 s per update instead of 1.7 s), or None. The load average lags, so it is only a note."""
-        if load is None or load < 1 or load + self.threads * self.processes <= self.cores + 0.5:
-            return None
+        on 2 cores, 30-60 s per update instead of 1.7 s), or None. The load average lags by a minute (a pip
+        install that just ended still reads 1.0), so when `busy_now` (cores busy over the last instant) is known
+        it must agree."""
         added = self.threads * self.processes
+        if load is None or load < 1 or load + added <= self.cores + 0.5:
+            return None
+        if busy_now is not None and busy_now + added <= self.cores + 0.5:
+            return None
         return (f"genrl: note: the machine is busy (1-minute load average {load:.1f} on {self.cores} cores) and this "
                 f"command adds {added} thread{'s' if added != 1 else ''}: if another job is running, both can be many "
                 f"times slower; {FIX}, or run one job at a time")
@@ -97,7 +101,8 @@ def announce(chosen: ThreadPlan) -> None:
     """The choice in one line (stdout, with a note when the machine is already busy), and a warning (stderr)
     when this command's own threads outnumber the cores."""
     print(chosen.line())
-    note = chosen.busy_note(_load_average())
+    load = _load_average()
+    note = chosen.busy_note(load, _busy_cores_now() if load is not None and load >= 1 else None)
     if note:
         print(note)
     warning = chosen.warning()
@@ -110,6 +115,29 @@ def _load_average() -> float | None:
         return os.getloadavg()[0]
     except (AttributeError, OSError):  # not available on this system
         return None
+
+
+def _busy_cores_now(interval: float = 0.25) -> float | None:
+    """Cores kept busy by other processes over `interval` seconds (this one sleeps meanwhile), from the
+    kernel's CPU time counters; None where /proc/stat is not there."""
+    import time
+
+    def times() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as stat:
+                fields = [int(v) for v in stat.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle
+
+    first = times()
+    time.sleep(interval)
+    second = times()
+    if first is None or second is None or second[0] <= first[0]:
+        return None
+    total, idle = second[0] - first[0], second[1] - first[1]
+    return (total - idle) / total * available_cores()
 
 
 def for_command(requested: int | None, runs_side_by_side: int = 1) -> ThreadPlan:

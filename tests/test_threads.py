@@ -49,6 +49,14 @@ def test_the_warning_names_threads_and_cores_and_a_busy_machine_gets_a_note():
     assert threads.ThreadPlan(1, 1, 2, "--threads").busy_note(1.0) is None  # one busy core, one free
 
 
+def test_a_load_average_left_by_a_finished_job_is_no_busy_note():
+    fits = threads.ThreadPlan(threads=2, processes=1, cores=2, source="the default")
+    assert fits.busy_note(1.0, busy_now=0.05) is None  # pip just ended: the 1-minute average still reads 1.0
+    assert "load average 1.0" in fits.busy_note(1.0, busy_now=1.0)  # another job holds a core now
+    busy = threads._busy_cores_now(0.05)
+    assert busy is None or 0.0 <= busy <= threads.available_cores() + 1e-9
+
+
 def test_train_says_what_it_chose_once_and_sets_it(toy_overrides, two_cores, monkeypatch, capsys):
     set_to = []
     monkeypatch.setattr(torch, "set_num_threads", set_to.append)
