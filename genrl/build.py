@@ -26,6 +26,7 @@ from genrl.models.base import ModelAdapter
 from genrl.objective import Objective
 from genrl.policy import ModelCalls
 from genrl.prompts import check_prompts, numbered_prompts, prompt_checks
+from genrl.rewards.video import check_reward_inputs
 from genrl.sharding import Sharding, shard_denoiser
 
 # Names registered by genrl.testing on import: real adapters and rewards on tiny random weights.
@@ -130,6 +131,8 @@ def build(cfg: Config, adapter: ModelAdapter | None = None, reward=None, shard: 
     eval_numbered = numbered_prompts(cfg.prompts.eval)
     adapter = adapter if adapter is not None else build_model(cfg)
     reward = reward if reward is not None else build_reward(cfg)
+    # images or clips [N, F, 3, H, W]: an image reward on a video model needs a reduction over frames
+    check_reward_inputs(reward, adapter.latent_shape, cfg.model.name)
     # a prompt the model cannot encode or the reward cannot score fails here, not mid-run
     check_prompts(train_numbered, "prompts.train", prompt_checks(reward, adapter))
     check_prompts(eval_numbered, "prompts.eval", prompt_checks(reward, adapter))

@@ -41,6 +41,7 @@ from starlette.routing import Route
 
 from genrl.errors import ConfigError, RewardError, UserError
 from genrl.rewards import checked_call, is_groupwise
+from genrl.rewards.base import reads
 from genrl.rewards.remote import decode_batch, encode_scores
 
 
@@ -66,6 +67,7 @@ class RewardService:
     def info(self) -> dict:
         return {"reward": self.name, "options": self.options, "components": self.component_names,
                 "weights": self.weights, "multi": self.multi, "groupwise": is_groupwise(self.reward),
+                "reads": reads(self.reward) or "any",
                 "checks_prompts": hasattr(self.reward, "check_prompt"),
                 "max_batch": self.max_batch, "timeout_s": self.timeout_s, "device": self.device,
                 "genrl": importlib.metadata.version("genrl")}

@@ -8,7 +8,8 @@ are imported when first asked for by name; a user's own registers with `@registe
 from __future__ import annotations
 
 from genrl.errors import RewardError
-from genrl.rewards.base import REWARDS, RewardFn, checked_call, is_groupwise, load, register, score
+from genrl.rewards.base import REWARDS, RewardFn, checked_call, is_groupwise, register, score
+from genrl.rewards.video import load  # the registry's load, with an optional reduction over frames
 
 REWARDS.provide({
     "shapeeval": "genrl.rewards.shapeeval",
@@ -24,6 +25,9 @@ REWARDS.provide({
     "imagereward": "genrl.rewards.imagereward",
     "pairwise": "genrl.rewards.pairwise",
     "remote": "genrl.rewards.remote",
+    "flicker": "genrl.rewards.video",
+    "shapeworld_motion": "genrl.rewards.motion",
+    "videoalign": "genrl.rewards.videoalign",
 })
 
 __all__ = ["REWARDS", "RewardError", "RewardFn", "checked_call", "is_groupwise", "load", "register", "score"]

@@ -16,11 +16,13 @@ from torch import Tensor
 
 from genrl.errors import ConfigError
 from genrl.rewards import base as registry
+from genrl.rewards.video import load
 
 
 @registry.register("multi")
 class MultiReward:
     name = "multi"
+    reads = "any"  # its parts check what they are given (genrl.rewards.base.reads)
 
     def __init__(self, rewards: list[dict] | None = None):
         if not rewards:
@@ -31,7 +33,7 @@ class MultiReward:
             if "name" not in entry or unknown:
                 raise ConfigError(f"reward.options.rewards[{i}]={entry!r}: expected keys name, weight, options")
             self.names.append(entry["name"])
-            self.parts.append(registry.load(entry["name"], **entry.get("options", {})))
+            self.parts.append(load(entry["name"], **entry.get("options", {})))  # an image reward's options may reduce frames
             weight = entry.get("weight", 1.0)
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
                 raise ConfigError(f"reward.options.rewards[{i}].weight={weight!r} is not allowed: expected a finite number")

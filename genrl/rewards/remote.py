@@ -41,7 +41,7 @@ class RewardUnavailable(RewardError):
 
 # -- the wire format: one safetensors body each way, strings in its metadata ---------------------------
 def encode_batch(images: Tensor, prompts: Sequence[str], group_ids: Tensor, encoding: str = "float32") -> bytes:
-    """images [N,3,H,W] in [0,1] as `encoding` (uint8: round(255·x)), group ids [N], prompts as JSON metadata."""
+    """images [N,3,H,W] (or clips [N,F,3,H,W]) in [0,1] as `encoding` (uint8: round(255·x)), group ids [N], prompts as JSON metadata."""
     images = images.detach().float().cpu()
     pixels = images.mul(255).round_().clamp_(0, 255).to(torch.uint8) if encoding == "uint8" else images.to(ENCODINGS[encoding])
     tensors = {"images": pixels.contiguous(), "group_ids": torch.as_tensor(group_ids).cpu().to(torch.int64).contiguous()}
@@ -49,12 +49,13 @@ def encode_batch(images: Tensor, prompts: Sequence[str], group_ids: Tensor, enco
 
 
 def decode_batch(body: bytes) -> tuple[Tensor, list[str], Tensor]:
-    """(images float32 [N,3,H,W] in [0,1], prompts, group ids [N]); RewardError for a malformed body."""
+    """(images float32 [N,3,H,W] or clips [N,F,3,H,W] in [0,1], prompts, group ids [N]); RewardError for a
+    malformed body."""
     tensors, metadata = _read(body, ("images", "group_ids"), "prompts")
     images, group_ids, prompts = tensors["images"], tensors["group_ids"], json.loads(metadata["prompts"])
     images = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
-    if images.ndim != 4 or images.shape[1] != 3 or group_ids.shape != (len(images),) or len(prompts) != len(images):
-        raise RewardError(f"a batch needs images [N,3,H,W], group_ids [N] and N prompts; got images {tuple(images.shape)}, "
+    if images.ndim not in (4, 5) or images.shape[-3] != 3 or group_ids.shape != (len(images),) or len(prompts) != len(images):
+        raise RewardError(f"a batch needs images [N,3,H,W] or clips [N,F,3,H,W], group_ids [N] and N prompts; got images {tuple(images.shape)}, "
                           f"group_ids {tuple(group_ids.shape)}, {len(prompts)} prompts")
     return images, prompts, group_ids
 
@@ -145,6 +146,7 @@ class RemoteReward:
         self.client, self.info, self.encoding = client, info, encoding
         self.name = f"remote {info['reward']} at {client.url}"
         self.groupwise = bool(info.get("groupwise"))
+        self.reads = info.get("reads") or "images"  # what the hosted reward judges (servers before clips: images)
         self.max_batch = int(info["max_batch"])
         self.component_names = list(info["components"])
         self.weights = torch.tensor(info["weights"], dtype=torch.float32)
