@@ -69,7 +69,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     tmp.replace(out)
     guided = f" at guidance {args.guidance:g}" if args.guidance is not None else ""
     title = f"{args.run or 'the base model'}{guided} | {record.headline()}\n{record.marks()}"  # as a run's evaluation grids
-    grid = save_scored(out.with_suffix(".png"), record.thumbnails, record.blocks(), title, images_per_row=seeds * 2)
+    grid = save_scored(out.with_suffix(".png"), record.thumbnails, record.blocks(), title, images_per_row=seeds * 2,
+                       frames=record.frames)
     print(f"score {result['score']:.3f}" + (f"  partial {result['partial']:.3f}" if "partial" in result else "")
           + (f"  guidance {result['guidance']:g}" if result.get("guidance") is not None else ""))
     if result.get("texture_bg") is not None:  # the reward-hacking guard (genrl.shapeworld.quality)

@@ -23,6 +23,7 @@ from genrl.noise import initial_noise
 from genrl.policy import fixed_shape_calls
 from genrl.prompts import is_shapeworld
 from genrl.rewards import checked_call
+from genrl.video_outputs import DEFAULT_FPS, save_eval_gif
 
 
 @torch.no_grad()
@@ -103,15 +104,16 @@ class EvalRecord:
     seeds: list[int]  # the initial-noise seed of each image, [N]
     scores: dict[str, Tensor]  # per image [N]: ShapeWorld {"strict" 0/1, "partial"}, else {"reward"}
     shown: list[int]  # indices of the images the grid shows
-    thumbnails: Tensor  # [len(shown), 3, h, w] uint8 (grids.thumbnails)
-    images: Tensor | None = None  # [N, 3, H, W] floats in [0, 1]; not saved
+    thumbnails: Tensor  # [len(shown), 3, h, w] uint8 (grids.thumbnails); clips: filmstrips [.., h, frames·w]
+    images: Tensor | None = None  # [N, 3, H, W] floats in [0, 1] (clips [N, F, 3, H, W]); not saved
+    frames: int = 1  # frames per clip of a video model's evaluation, 1 for images
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save({"result": self.result, "prompts": self.prompts, "seeds": self.seeds, "scores": self.scores,
-                    "shown": self.shown, "thumbnails": self.thumbnails}, tmp)
+                    "shown": self.shown, "thumbnails": self.thumbnails, "frames": self.frames}, tmp)
         tmp.replace(path)
         return path
 
@@ -119,9 +121,9 @@ class EvalRecord:
     def load(cls, path: str | Path) -> EvalRecord:
         return cls(**torch.load(path, weights_only=True))
 
-    def write(self, out_dir: str | Path, tag: str, title: str, comparison_title: str) -> None:
+    def write(self, out_dir: str | Path, tag: str, title: str, comparison_title: str, fps: int = DEFAULT_FPS) -> None:
         """`write` this record as `tag`; after the final one also the base-vs-final grid (`write_comparison`)."""
-        write(self, out_dir, tag, title)
+        write(self, out_dir, tag, title, fps)
         if tag == "final":
             write_comparison(out_dir, comparison_title)
 
@@ -150,7 +152,7 @@ class EvalRecord:
         """What a cell's caption and frame mean."""
         if "strict" in self.scores:
             return "green: pass (every constraint met), red: fail with its partial credit"
-        return "each image's reward"
+        return "each clip's reward" if self.frames > 1 else "each image's reward"
 
 
 def evaluate_record(
@@ -186,7 +188,8 @@ def evaluate_record(
     result["images_per_prompt"] = images_per_prompt
     result["guidance"] = guidance_of(adapter)
     shown = [i for i in range(len(repeated)) if i % images_per_prompt < shown_per_prompt]
-    return EvalRecord(result, repeated, seeds, scores, shown, grids.thumbnails(images[shown]), images)
+    return EvalRecord(result, repeated, seeds, scores, shown, grids.thumbnails(images[shown]), images,
+                      grids.clip_frames(images))
 
 
 def shapeworld_scores(images: Tensor, prompts: Sequence[str], seeds: Sequence[int]) -> tuple[dict[str, Tensor], dict]:
@@ -214,15 +217,20 @@ def evaluate(
     return record.result, record.images, record.prompts
 
 
-def write(record: EvalRecord, out_dir: str | Path, tag: str, title: str) -> None:
-    """eval/{tag}.json (the summary), eval/{tag}.pt (the record) and eval/{tag}.png (its grid)."""
+def write(record: EvalRecord, out_dir: str | Path, tag: str, title: str, fps: int = DEFAULT_FPS) -> None:
+    """eval/{tag}.json (the summary), eval/{tag}.pt (the record) and eval/{tag}.png (its grid); for clips
+    also eval/{tag}.gif, the grid animated at `fps` (genrl.video_outputs)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rundir.write_atomic(out / f"{tag}.json", json.dumps(record.result, indent=2))  # whole or not at all
     record.save(out / f"{tag}.pt")
-    legend = f"{len(record.shown)} of {len(record.prompts)} images shown; {record.marks()}"
-    grids.save_scored(out / f"{tag}.png", record.thumbnails, record.blocks(), f"{title} | {record.headline()}\n{legend}",
-                      images_per_row=8)
+    shown = "clips" if record.frames > 1 else "images"
+    legend = f"{len(record.shown)} of {len(record.prompts)} {shown} shown; {record.marks()}"
+    heading = f"{title} | {record.headline()}\n{legend}"
+    grids.save_scored(out / f"{tag}.png", record.thumbnails, record.blocks(), heading, images_per_row=8,
+                      frames=record.frames)
+    if record.frames > 1:
+        save_eval_gif(out / f"{tag}.gif", record.thumbnails, record.frames, record.blocks(), heading, fps)
 
 
 def save_comparison(base: EvalRecord, final: EvalRecord, path: str | Path, title: str) -> Path | None:
@@ -242,7 +250,7 @@ def save_comparison(base: EvalRecord, final: EvalRecord, path: str | Path, title
     thumbs = torch.cat([base.thumbnails, final.thumbnails])
     heading = (f"{title} | base {base.headline(size=False)} -> final {final.headline()}\n"
                f"per prompt: base (left) and final (right) from the same seeds; {final.marks()}")
-    return grids.save_scored(path, thumbs, blocks, heading, images_per_row=12)
+    return grids.save_scored(path, thumbs, blocks, heading, images_per_row=12, frames=final.frames)
 
 
 def write_comparison(out_dir: str | Path, title: str) -> Path | None:

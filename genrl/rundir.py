@@ -2,8 +2,9 @@
 
     RUN_DIR/config.yaml           the resolved config, written once
     RUN_DIR/metrics.jsonl         one JSON object per update
-    RUN_DIR/samples/update_*.png  the rollout's final images with their prompts
-    RUN_DIR/eval/{tag}.{json,png} held-out evaluations
+    RUN_DIR/samples/update_*.png  the rollout's final images with their prompts (a video run: filmstrips,
+                                  and samples/update_*_group_*.gif, one animated GIF per group)
+    RUN_DIR/eval/{tag}.{json,png} held-out evaluations (a video run: also eval/{tag}.gif)
     RUN_DIR/checkpoints/          genrl.checkpoint (its state: genrl.train_state)
     RUN_DIR/summary.json          written when the run finishes
     RUN_DIR/.genrl-run            the outputs the run claims, written first
@@ -44,7 +45,8 @@ from torch import Tensor
 from genrl import checkpoint, dirlock
 from genrl.config import Config
 from genrl.errors import RunDirError
-from genrl.grids import save_grid, save_samples
+from genrl.grids import clip_frames, save_grid, save_samples
+from genrl.video_outputs import DEFAULT_FPS, save_sample_gifs
 
 # What a run writes into its directory (the trackers: tensorboard's event files, wandb's local copy).
 OUTPUTS = ("config.yaml", "metrics.jsonl", "summary.json", "eval", "samples", "checkpoints", "tensorboard", "wandb")
@@ -270,6 +272,7 @@ class RunDir:
         self.writes = writes
         self.lock: dirlock.DirLock | None = None  # held by the writer from `begin` to `close`
         self._truncate_to: int | None = None
+        self.fps = DEFAULT_FPS  # of the animated GIFs of a video run: log.fps, set by `begin`
 
     def begin(self, cfg: Config, resumed: bool, overwrite: bool, barrier: Callable[[], None]) -> tuple[Start, bool]:
         """(how the run starts, whether eval/base.json is still to be written): planned by every process
@@ -277,6 +280,7 @@ class RunDir:
         plans again under the lock (another run may have started in between) and creates it (or clears
         it, or tidies it for a resume) and writes config.yaml unless it is there, between barriers."""
         start = plan_start(self.path, resumed, overwrite, check_lock=self.writes)
+        self.fps = cfg.log.fps
         base_missing = start.clears or not (self.path / "eval" / "base.json").exists()  # before anyone writes it
         barrier()  # every process has looked at the directory before it changes
         if self.writes:
@@ -329,14 +333,18 @@ class RunDir:
 
     def write_samples(self, relative: str, images: Tensor, prompts: Sequence[str], rewards: Tensor, advantages: Tensor,
                       group_id: Tensor, title: str) -> None:
-        """A rollout's final images with their prompts, rewards and advantages (grids.save_samples)."""
+        """A rollout's final images with their prompts, rewards and advantages (grids.save_samples); clips
+        also as one GIF per group beside it (genrl.video_outputs), inside samples/ as the grid is."""
         if self.writes:
             with self.writing(relative):
                 save_samples(self.path / relative, images, prompts, rewards, advantages, group_id, title=title)
+                if clip_frames(images) > 1:
+                    save_sample_gifs(self.path / relative, images, prompts, rewards, advantages, group_id, title,
+                                     self.fps)
 
     def write_eval(self, record, tag: str, title: str, comparison_title: str) -> None:
         """eval/{tag}.{json,pt,png} of an evaluation record (genrl.evaluation.EvalRecord), and after the
         final one eval/base_vs_final.png."""
         if self.writes:
             with self.writing(f"eval/{tag}"):
-                record.write(self.path / "eval", tag, title, comparison_title)
+                record.write(self.path / "eval", tag, title, comparison_title, self.fps)

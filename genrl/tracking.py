@@ -9,6 +9,8 @@ goes in them, the way cleanrl and TRL do:
 - the resolved config as hyper-parameters (dotted keys);
 - the PNG grids the trainer writes (sample grids, evaluation grids) as images, at the update they
   appeared (trackers with `log_images`: tensorboard, wandb; mlflow stores them as artifacts);
+- a video run's animated GIFs (samples/*.gif, eval/*.gif) as videos under video/... where the tracker
+  shows them (genrl.video_outputs.log_video: tensorboard, wandb; mlflow as artifacts);
 - the held-out evaluations before and after training (`eval/score`, `eval/partial`, `eval/<category>`).
 
 A tracker whose package is not installed is a configuration error naming the pip command,
@@ -24,6 +26,7 @@ import re
 from pathlib import Path
 
 from genrl.config import ConfigError
+from genrl.video_outputs import log_video, video_tag
 
 # tracker name -> (module that must be importable, how to install it)
 TRACKERS = {
@@ -46,7 +49,7 @@ NAMESPACED = {
     "eval_score": "eval/score",
 }  # fmt: skip
 STEP_KEY = "update"
-GRID_FOLDERS = ("samples", "eval")  # where the trainer writes its PNG grids
+GRID_FOLDERS = ("samples", "eval")  # where the trainer writes its PNG grids (and a video run's GIFs)
 
 
 def check(names: list[str]) -> None:
@@ -117,6 +120,7 @@ class Trackers:
             tracker.store_init_configuration(hyperparameters(config))
         if step > 0:  # a resumed run: what is already there was logged by the first session
             self._new_images()
+            self._new_images("gif")
             return
         if base_eval:
             self._log_scalars(evaluation_scalars(base_eval), step)
@@ -145,14 +149,15 @@ class Trackers:
         for tracker in self.trackers:
             tracker.log(values, step=step)
 
-    def _new_images(self) -> list[Path]:
-        """PNG files the trainer wrote (RUN_DIR/*.png, samples/, eval/) not logged yet; a rewritten file
-        counts as new. Not the trackers' own folders: wandb keeps copies of logged images in RUN_DIR/wandb."""
+    def _new_images(self, suffix: str = "png") -> list[Path]:
+        """PNG (or GIF) files the trainer wrote (RUN_DIR/*.png, samples/, eval/) not logged yet; a rewritten
+        file counts as new. Not the trackers' own folders: wandb keeps copies of logged images in RUN_DIR/wandb."""
         found = []
-        candidates = [*self._run_dir.glob("*.png"), *(p for d in GRID_FOLDERS for p in (self._run_dir / d).glob("*.png"))]
+        pattern = f"*.{suffix}"
+        candidates = [*self._run_dir.glob(pattern), *(p for d in GRID_FOLDERS for p in (self._run_dir / d).glob(pattern))]
         for path in sorted(candidates):
             key = (str(path), path.stat().st_mtime_ns)
-            if key not in self._seen and not path.name.endswith(".tmp.png"):
+            if key not in self._seen and not path.name.endswith(f".tmp.{suffix}"):
                 self._seen.add(key)
                 found.append(path)
         return found
@@ -162,6 +167,10 @@ class Trackers:
             relative = path.relative_to(self._run_dir)
             for tracker in self.trackers:
                 _log_image(tracker, image_tag(relative), path, relative.parent.as_posix(), step)
+        for path in self._new_images("gif"):
+            relative = path.relative_to(self._run_dir)
+            for tracker in self.trackers:
+                log_video(tracker, video_tag(relative), path, relative.parent.as_posix(), step)
 
 
 def image_tag(relative: Path) -> str:
