@@ -38,6 +38,7 @@ import torch
 from tensordict import TensorDict
 
 from genrl import build, config, keys
+from genrl.benchmarks import wan_shapes
 from genrl.benchmarks.flop_count import CallCost, call_cost, real_model, rows_per_velocity, text_tokens
 from genrl.benchmarks.suite import load_suite, plan_runs
 from genrl.models.base import ModelAdapter
@@ -47,11 +48,12 @@ from genrl.models.base import ModelAdapter
 GPUS = {"H100": (989e12, 80e9), "H200": (989e12, 141e9), "A100": (312e12, 80e9)}
 DEFAULT_MFU = 0.35
 # Weights besides the transformer, bytes (docs/real_models.md): text encoders in bf16, fp32 VAE, reward.
-TEXT_ENCODERS = {"sd35m": 11e9, "flux": 10e9}
-VAE_BYTES = 0.34e9  # 84M parameters in fp32
+TEXT_ENCODERS = {"sd35m": 11e9, "flux": 10e9, "wan21-1.3b": wan_shapes.UMT5_XXL_BYTES}
+VAE_BYTES = 0.34e9  # 84M parameters in fp32 (SD3.5's, FLUX's)
 REWARDS = {"clip_score": 1.7e9, "pickscore": 4e9, "hpsv2": 4e9, "hpsv3": 16.6e9, "imagereward": 1.8e9}
-# Held-out prompts when the file is not on this machine (the suites' comments): GenEval's test set, HPDv2's.
-EVAL_PROMPTS_IF_ABSENT = {"data/prompts/geneval/test_metadata.jsonl": 553, "data/prompts/hpdv2/test.txt": 400}
+# Held-out prompts when the file is not on this machine (the suites' comments): GenEval's test set, HPDv2's, Flow-GRPO's OCR set.
+EVAL_PROMPTS_IF_ABSENT = {"data/prompts/geneval/test_metadata.jsonl": 553, "data/prompts/hpdv2/test.txt": 400,
+                          "data/prompts/ocr/test.txt": 1018}  # flow_grpo's dataset/ocr/test.txt
 _CALL_COSTS: dict = {}  # one model setting's call, counted once per process (flux-hps and flux-pickscore share it)
 STAND_IN = ["device=cpu", "prompts.train=shapeworld:train", "prompts.eval=shapeworld:eval", "log.trackers=[]",
             "log.progress=false"]
@@ -183,7 +185,8 @@ class ArmCost:
 
     def memory_per_gpu(self, gpus: int) -> float:
         model = real_model(self.cfg)
-        others = TEXT_ENCODERS.get(model, 0) + (VAE_BYTES if model else 0) + REWARDS.get(self.cfg.reward.name, 0)
+        vae = wan_shapes.VAE_BYTES if model == "wan21-1.3b" else VAE_BYTES if model else 0
+        others = TEXT_ENCODERS.get(model, 0) + vae + REWARDS.get(self.cfg.reward.name, 0)
         adam = 2 * 4 * self.call.trainable
         return self.call.train_peak_bytes + adam + self.rollout_bytes / gpus + others
 
@@ -194,9 +197,12 @@ def rollout_bytes(cfg: config.Config) -> int:
     model = real_model(cfg)
     if model is None:
         return 0
-    side = cfg.model.options.get("resolution", 512 if model == "sd35m" else 720) // 8
-    latent = 16 * side * side * 4
-    context = (text_tokens(cfg) * 4096 + (2048 if model == "sd35m" else 768)) * 2
+    if model == "wan21-1.3b":  # a clip's latent [16, F', h, w]; UMT5 embeddings, no pooled vector
+        latent, context = math.prod(wan_shapes.latent_shape(cfg.model.options)) * 4, text_tokens(cfg) * 4096 * 2
+    else:
+        side = cfg.model.options.get("resolution", 512 if model == "sd35m" else 720) // 8
+        latent = 16 * side * side * 4
+        context = (text_tokens(cfg) * 4096 + (2048 if model == "sd35m" else 768)) * 2
     n = cfg.train.prompts_per_update * cfg.train.group_size
     return n * ((cfg.sampling.num_steps + 1) * latent + context)
 

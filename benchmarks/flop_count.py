@@ -28,6 +28,8 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from genrl import config
+from genrl.benchmarks import wan_shapes
+from genrl.models.wan import DEFAULT_LORA_TARGETS as WAN_LORA_TARGETS
 
 META = "meta"
 _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -108,20 +110,21 @@ class CallCost:
 
 
 def real_model(cfg: config.Config) -> str | None:
-    """The real-size model a config names (sd35m or flux), None for the others."""
-    return {"sd3": "sd35m", "flux": "flux"}.get(cfg.model.name)
+    """The real-size model a config names (sd35m, flux or wan21-1.3b), None for the others."""
+    return {"sd3": "sd35m", "flux": "flux", "wan": "wan21-1.3b"}.get(cfg.model.name)
 
 
 def text_tokens(cfg: config.Config) -> int:
-    """Prompt tokens the transformer sees: SD3 77 CLIP + T5 tokens, FLUX the T5 tokens (genrl.models)."""
+    """Prompt tokens the transformer sees: SD3 77 CLIP + T5 tokens, FLUX the T5 tokens, Wan the UMT5 tokens."""
     length = cfg.model.options.get("max_sequence_length", 256 if cfg.model.name == "sd3" else 512)
     return 77 + length if cfg.model.name == "sd3" else length
 
 
 def rows_per_velocity(cfg: config.Config) -> int:
-    """Transformer rows per latent row: SD3 runs [uncond; cond] under CFG, FLUX embeds its guidance."""
-    if cfg.model.name == "sd3":
-        return 1 if cfg.model.options.get("guidance_scale", 4.5) in (None, 1.0) else 2
+    """Transformer rows per latent row: SD3 and Wan run [uncond; cond] under CFG, FLUX embeds its guidance."""
+    if cfg.model.name in ("sd3", "wan"):
+        default = 4.5 if cfg.model.name == "sd3" else 5.0
+        return 1 if cfg.model.options.get("guidance_scale", default) in (None, 1.0) else 2
     if cfg.model.name == "flux":
         return 1
     return _small_adapter(cfg).nfe_per_velocity
@@ -141,18 +144,25 @@ def _real_call(cfg: config.Config, model: str):
     from genrl.models.lora import add_lora
 
     o = cfg.model.options
-    with torch.device(META):
-        transformer = (SD3Transformer2DModel(**SD35M) if model == "sd35m" else FluxTransformer2DModel(**FLUX_DEV))
+    if model == "wan21-1.3b":
+        transformer = wan_shapes.build_transformer(META)
+    else:
+        with torch.device(META):
+            transformer = (SD3Transformer2DModel(**SD35M) if model == "sd35m" else FluxTransformer2DModel(**FLUX_DEV))
     transformer.to(torch.bfloat16)
     if o.get("finetune", "lora") == "lora":
-        add_lora(transformer, rank=o.get("lora_rank", 32), alpha=o.get("lora_alpha", 64))  # fp32 adapters
+        add_lora(transformer, rank=o.get("lora_rank", 32), alpha=o.get("lora_alpha", 64),  # fp32 adapters
+                 targets=o.get("lora_targets") or (WAN_LORA_TARGETS if model == "wan21-1.3b" else None))
     else:
         transformer.requires_grad_(o.get("finetune") == "full")
     if o.get("gradient_checkpointing"):
         transformer.enable_gradient_checkpointing()
     rows = cfg.sampling.micro_batch * rows_per_velocity(cfg)
-    resolution = o.get("resolution", 512 if model == "sd35m" else 720)
-    batch = inputs(model, transformer, rows, resolution, text_tokens(cfg), META)
+    if model == "wan21-1.3b":
+        batch = wan_shapes.inputs(rows, o, text_tokens(cfg), META)
+    else:
+        resolution = o.get("resolution", 512 if model == "sd35m" else 720)
+        batch = inputs(model, transformer, rows, resolution, text_tokens(cfg), META)
     return transformer, (lambda: transformer(**batch, return_dict=False)[0]), list(batch.values()), rows
 
 
@@ -173,6 +183,8 @@ def _decode_flops(cfg: config.Config, model: str | None) -> int:
         adapter = _small_adapter(cfg).to(META)
         latent = torch.zeros(1, *adapter.latent_shape, device=META)
         decode = lambda: adapter.decode(latent)  # noqa: E731
+    elif model == "wan21-1.3b":
+        decode = wan_shapes.decode_call(cfg.model.options, META)
     else:
         from diffusers import AutoencoderKL
 

@@ -33,7 +33,7 @@ from genrl.models.base import ModelAdapter
 from genrl.passes import unit_passes
 from genrl.training_batch import UpdateContext
 
-SUITES = ("sd35m-geneval-like", "flux-hps")  # flux-pickscore has flux-hps's shapes (another reward)
+SUITES = ("sd35m-geneval-like", "flux-hps", "wan")  # flux-pickscore has flux-hps's shapes (another reward)
 ALGORITHMS = ("chunk_grpo", "flow_grpo", "dance_grpo")
 SMALL = ["train.prompts_per_update=1", "train.group_size=2", "train.minibatches=1", "prompts.train=shapeworld:train",
          "prompts.eval=shapeworld:eval", "device=cpu", "seed=0"]
@@ -69,7 +69,12 @@ class ShapeAdapter(ModelAdapter):
 def stand_in_adapter(cfg: config.Config) -> ShapeAdapter:
     """genrl.models.sd3 / flux at the config's resolution and text length: latents [16, side, side]
     (VAE factor 8), bf16 prompt embeddings (SD3: 77 CLIP + T5 tokens × 4096, pooled 2048; FLUX: T5
-    tokens × 4096, pooled 768)."""
+    tokens × 4096, pooled 768); genrl.models.wan: clip latents [16, F', H/8, W/8], UMT5 tokens × 4096."""
+    if cfg.model.name == "wan":
+        from genrl.benchmarks.wan_shapes import latent_shape, option
+
+        tokens = option(cfg.model.options, "max_sequence_length")
+        return ShapeAdapter(latent_shape(cfg.model.options), {keys.PROMPT_EMBEDS: ((tokens, 4096), torch.bfloat16)})
     o, side = cfg.model.options, cfg.model.options["resolution"] // 8
     tokens, pooled = (77 + o["max_sequence_length"], 2048) if cfg.model.name == "sd3" else (o["max_sequence_length"], 768)
     return ShapeAdapter((16, side, side), {keys.PROMPT_EMBEDS: ((tokens, 4096), torch.bfloat16),

@@ -235,7 +235,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory (its latest checkpoint) or checkpoint directory")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--merge", action="store_true",
-                   help="sd3 / flux LoRA runs: fold the adapter into the weights and write the whole transformer "
+                   help="sd3 / flux / wan LoRA runs: fold the adapter into the weights and write the whole transformer "
                         "(the tiny ShapeWorld model is always written whole)")
     p.add_argument("--overwrite", action="store_true",
                    help="export into a directory holding other files: replace only the files export writes, keep the rest")
@@ -248,7 +248,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_plot)
 
     p = sub.add_parser("bench", help="run a benchmark suite: every algorithm x seed under one budget")
-    p.add_argument("suite", help="suite name (smoke, tiny, chunk-ablation, sd35m-geneval-like, flux-hps, flux-pickscore) or YAML path")
+    p.add_argument("suite", help="suite name (smoke, tiny, chunk-ablation, sd35m-geneval-like, flux-hps, flux-pickscore, wan) or YAML path")
     p.add_argument("--out", default=None, help="output directory (default bench_out/SUITE)")
     p.add_argument("--dry-run", action="store_true", help="tiny random components, one update per run (CPU check)")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="runs side by side, each with 1/N of the threads")

@@ -1,9 +1,10 @@
 """`genrl export RUN_DIR --out DIR [--merge] [--overwrite]`: a run's trained policy in the formats other tools load.
 
-    sd3 / flux, LoRA   DIR/pytorch_lora_weights.safetensors       pipe.load_lora_weights(DIR)
-    sd3 / flux, merge  DIR/transformer/ (LoRA folded in)         SD3Transformer2DModel / FluxTransformer2DModel
+    sd3 / flux / wan, LoRA   DIR/pytorch_lora_weights.safetensors       pipe.load_lora_weights(DIR)
+    sd3 / flux / wan, merge  DIR/transformer/ (LoRA folded in)         SD3Transformer2DModel / FluxTransformer2DModel
+                                                                  / WanTransformer3DModel
                                                                   .from_pretrained(DIR, subfolder="transformer")
-    sd3 / flux, full   DIR/transformer/ (with or without --merge) the same
+    sd3 / flux / wan, full   DIR/transformer/ (with or without --merge) the same
     tiny (ShapeWorld)  DIR/transformer/, DIR/text_encoder/, DIR/config.json (LoRA always folded in)
                                                                   SD3Transformer2DModel.from_pretrained(DIR, subfolder=
                                                                   "transformer"); genrl.models.load("tiny", weights=DIR)
@@ -45,6 +46,7 @@ def export_run(run: str | Path, out: str | Path, merge: bool = False, overwrite:
     `out` is checked before the run is loaded, and nothing is written for a run without an export format."""
     from genrl.models.sd3 import DiffusersFlowModel
     from genrl.models.tiny import TinyShapeModel
+    from genrl.models.wan import WanModel
 
     out = Path(out)
     run_dir, _ = locate(run)
@@ -55,7 +57,7 @@ def export_run(run: str | Path, out: str | Path, merge: bool = False, overwrite:
         write: Callable[[Path], object] = adapter.save_pretrained
         how = (f'SD3Transformer2DModel.from_pretrained("{out}", subfolder="transformer"), '
                f'or genrl.models.load("tiny", weights="{out}")')
-    elif isinstance(adapter, DiffusersFlowModel):
+    elif isinstance(adapter, (DiffusersFlowModel, WanModel)):
         if adapter.finetune == "none":
             raise ConfigError(f"run {str(run)!r} trained nothing (model.options.finetune=none): there is nothing to export")
         how = f'{adapter.TRANSFORMER}.from_pretrained("{out}", subfolder="transformer")'
@@ -67,7 +69,7 @@ def export_run(run: str | Path, out: str | Path, merge: bool = False, overwrite:
     else:
         raise ConfigError(
             f"model {loaded.config.model.name!r} of run {str(run)!r} has no export format "
-            "(genrl export writes the tiny ShapeWorld model and sd3 / flux); load it with genrl.load_run"
+            "(genrl export writes the tiny ShapeWorld model and sd3 / flux / wan); load it with genrl.load_run"
         )
     _write_into(out, write, previous)
     return out, how

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from genrl.models.base import MODELS, ModelAdapter, register
 
-MODELS.provide({"tiny": "genrl.models.tiny", "tiny_video": "genrl.models.tiny_video", "sd3": "genrl.models.sd3", "flux": "genrl.models.flux"})
+MODELS.provide({"tiny": "genrl.models.tiny", "tiny_video": "genrl.models.tiny_video", "sd3": "genrl.models.sd3", "flux": "genrl.models.flux",
+                 "wan": "genrl.models.wan"})
 
 
 def load(name: str, **options) -> ModelAdapter:

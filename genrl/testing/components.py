@@ -1,6 +1,6 @@
 """The registered tiny random components: real adapters and rewards on tiny random weights.
 
-    models:  tiny-random-sd3, tiny-random-flux          (the `sd3` / `flux` adapters)
+    models:  tiny-random-sd3, tiny-random-flux, tiny-random-wan   (the `sd3` / `flux` / `wan` adapters)
     rewards: tiny-random-pickscore, tiny-random-clip_score, tiny-random-hpsv2,
              tiny-random-hpsv3, tiny-random-imagereward (the real reward classes)
 
@@ -22,6 +22,7 @@ import torch
 from genrl.models import register as register_model
 from genrl.models.flux import FluxModel
 from genrl.models.sd3 import SD3Model
+from genrl.models.wan import WanModel
 from genrl.rewards import register as register_reward
 from genrl.rewards.clip_rewards import CLIPScore, PickScore
 from genrl.rewards.hpsv2 import HPSv2
@@ -36,19 +37,22 @@ from genrl.testing.builders import (
     make_tiny_sd3,
     open_clip_state_dict,
 )
+from genrl.testing.wan_builders import WAN_FRAMES, WAN_HEIGHT, WAN_WIDTH, make_tiny_wan
 
 
 _ROOT: Path | None = None
 _BUILT: dict[str, object] = {}
 # The adapters' small sizes; other options (lora_rank, finetune, guidance_scale, ...) pass through.
 TINY_MODEL_OPTIONS = dict(resolution=RESOLUTION, max_sequence_length=8, dtype="fp32", vae_dtype="fp32", device="cpu")
+TINY_WAN_OPTIONS = dict(height=WAN_HEIGHT, width=WAN_WIDTH, frames=WAN_FRAMES, max_sequence_length=8, dtype="fp32",
+                        vae_dtype="fp32", device="cpu")
 # Where the real weights would be: meaningless here, so refused rather than silently ignored.
 _LOCATION_OPTIONS = ("path", "model_id", "cache_dir", "revision", "processor_path", "processor_id",
                      "tokenizer_path", "tokenizer_id", "head_path", "head_model_id")
 
 
 def _built(kind: str):
-    """The files of `kind` ('sd3', 'flux', 'clip', 'hpsv2', 'hpsv3', 'imagereward'), written on first use.
+    """The files of `kind` ('sd3', 'flux', 'wan', 'clip', 'hpsv2', 'hpsv3', 'imagereward'), written on first use.
 
     The global RNG is left untouched (builders seed themselves), so a run's random
     streams do not depend on whether the components were already built. In a
@@ -75,6 +79,8 @@ def _build(kind: str):
             return make_tiny_sd3(_ROOT / "sd3")
         if kind == "flux":
             return make_tiny_flux(_ROOT / "flux")
+        if kind == "wan":
+            return make_tiny_wan(_ROOT / "wan")
         if kind == "clip":
             return make_tiny_clip(_ROOT / "clip")
         if kind == "hpsv2":
@@ -98,20 +104,21 @@ def _no_location(name: str, options: dict) -> None:
         raise TypeError(f"{name} builds its own random weights; it takes no {', '.join(given)}")
 
 
-def _tiny_model(name: str, base: type):
-    """A registered constructor: the real adapter `base` (SD3Model / FluxModel) on the tiny pipeline."""
+def _tiny_model(name: str, base: type, defaults: dict = TINY_MODEL_OPTIONS):
+    """A registered constructor: the real adapter `base` (SD3Model / FluxModel / WanModel) on the tiny pipeline."""
 
     def build(**options):
         _no_location(name, options)
-        return base(path=_built(name.removeprefix("tiny-random-")), **{**TINY_MODEL_OPTIONS, **options})
+        return base(path=_built(name.removeprefix("tiny-random-")), **{**defaults, **options})
 
     build.__name__ = build.__qualname__ = name.replace("-", "_")
-    build.__doc__ = f"`{base.NAME}` on tiny random weights (defaults {TINY_MODEL_OPTIONS}), for --dry-run and tests."
+    build.__doc__ = f"`{base.NAME}` on tiny random weights (defaults {defaults}), for --dry-run and tests."
     return build
 
 
 register_model("tiny-random-sd3")(_tiny_model("tiny-random-sd3", SD3Model))
 register_model("tiny-random-flux")(_tiny_model("tiny-random-flux", FluxModel))
+register_model("tiny-random-wan")(_tiny_model("tiny-random-wan", WanModel, TINY_WAN_OPTIONS))
 TINY_CLIP_ARCH = dict(vision_heads=2, text_heads=2)  # head counts of make_tiny_clip
 
 
