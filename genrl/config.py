@@ -44,14 +44,15 @@ _field = option
 
 @dataclass
 class ModelConfig:
-    name: str = _field("tiny", "model adapter: tiny (ShapeWorld, shipped), sd3, flux, or a registered name")
+    name: str = _field("tiny", "model adapter: tiny (ShapeWorld, shipped), tiny_video, sd3, flux, wan, or a registered name")
     options: dict = _field({}, "adapter options, e.g. {path: ..., lora_rank: 32, finetune: lora, guidance_scale: 4.5}")
 
 
 @dataclass
 class RewardConfig:
     name: str = _field("shapeeval", "reward: shapeeval, jpeg_compressibility, pickscore, multi, …")
-    options: dict = _field({"mode": "partial"}, "reward options (multi: {rewards: [{name, weight, options}], ...})")
+    options: dict = _field({"mode": "partial"}, "reward options (multi: {rewards: [{name, weight, options}], ...}; "
+                           "an image reward on a video model's clips: frames: mean | first | every_k, frame_stride: k)")
     normalize: str = _field(
         "none",
         "multi rewards: 'group' z-scores each reward within its prompt group before the weighted sum",
@@ -112,6 +113,8 @@ class TrainConfig:
 class LogConfig:
     progress: bool = _field(True, "show a progress bar")
     sample_every: int = _field(10, "write a sample grid every N updates (0: never)", range="[0, inf)")
+    fps: int = _field(4, "frames per second of a video run's animated GIFs (samples/*.gif, eval/*.gif)",
+                      range=Range("[1, 50]", "a GIF frame lasts at least 20 ms"))
     checkpoint_every: int = _field(10, "write a checkpoint every N updates (and at the end)", range="[1, inf)")
     eval_every: int = _field(0, "evaluate on the held-out prompts every N updates (0: only before and after)",
                               range="[0, inf)")

@@ -1,4 +1,4 @@
-"""Prompt sets: `shapeworld:train|eval|all`, a text file with one prompt per line, or a
+"""Prompt sets: `shapeworld:train|eval|all` (and `shapeworld_motion:...`, the video world's), a text file with one prompt per line, or a
 JSON-lines file whose objects carry a "prompt" field (Flow-GRPO's dataset/geneval/*_metadata.jsonl)."""
 
 from __future__ import annotations
@@ -26,19 +26,36 @@ def shorten(prompt: str, limit: int = SHOWN_CHARS) -> str:
     return f"{prompt[:limit]!r}... ({len(prompt):,} characters)"
 
 
+def _shapeworld(split: str) -> list[str]:
+    from genrl import shapeworld
+
+    return {"train": shapeworld.train_prompts, "eval": shapeworld.eval_prompts, "all": shapeworld.all_prompts}[split]()
+
+
+def _shapeworld_motion(split: str) -> list[str]:
+    from genrl import shapeworld_motion as motion
+
+    return {"train": motion.train_prompts, "eval": motion.eval_prompts,
+            "all": lambda: motion.train_prompts() + motion.eval_prompts()}[split]()
+
+
+# the embedded worlds' fixed splits, named `WORLD:train|eval|all`
+_WORLDS: dict[str, Callable[[str], list[str]]] = {"shapeworld": _shapeworld, "shapeworld_motion": _shapeworld_motion}
+_WORLD_NAMES = {"shapeworld": "ShapeWorld", "shapeworld_motion": "ShapeWorld-Motion"}
+
+
 def load_prompts(source: str) -> list[str]:
     return [prompt for _, prompt in numbered_prompts(source)]
 
 
 def numbered_prompts(source: str) -> list[tuple[str, str]]:
     """(where, prompt) pairs, `where` naming the file and line (or the ShapeWorld split and index)."""
-    if source.startswith("shapeworld:"):
+    world = source.split(":", 1)[0]
+    if ":" in source and world in _WORLDS:
         split = source.split(":", 1)[1]
         if split not in _SHAPEWORLD_SPLITS:
-            raise PromptSetError(f"unknown ShapeWorld split {split!r} in {source!r}; choose one of {', '.join(_SHAPEWORLD_SPLITS)}")
-        from genrl import shapeworld
-
-        prompts = {"train": shapeworld.train_prompts, "eval": shapeworld.eval_prompts, "all": shapeworld.all_prompts}[split]()
+            raise PromptSetError(f"unknown {_WORLD_NAMES[world]} split {split!r} in {source!r}; choose one of {', '.join(_SHAPEWORLD_SPLITS)}")
+        prompts = _WORLDS[world](split)
         return [(f"{source} #{i}", p) for i, p in enumerate(prompts, 1)]
     path = Path(source)
     if path.is_dir():
