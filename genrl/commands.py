@@ -77,6 +77,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"  {evaluation.texture_words(result)}")
     for cat, value in result.get("per_category", {}).items():
         print(f"  {cat:14s} {value:.3f}")
+    if record.frames > 1:  # a video model's clips also play, as a run's evaluations do (eval/{tag}.gif)
+        from genrl.video_outputs import save_eval_gif
+
+        gif = save_eval_gif(out.with_suffix(".gif"), record.thumbnails, record.frames, record.blocks(), title,
+                            cfg.log.fps, images_per_row=seeds * 2)
+        grid = f"{grid} and {gif}"
     print(f"wrote {out} and {grid}")
     return 0
 

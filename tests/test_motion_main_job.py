@@ -5,6 +5,7 @@ and its bad input, one line before anything is written."""
 import json
 
 import pytest
+from PIL import Image
 
 from genrl import cli, config
 from genrl.models import tiny_video
@@ -25,6 +26,11 @@ def test_the_bundled_config_trains_a_video_model_on_the_motion_split(tmp_path):
     assert len(metrics) == 1 and 0.0 <= metrics[0]["reward_mean"] <= 1.0  # ½ strict + ½ partial of the motion judge
     assert 0.0 <= summary["final_eval"]["score"] <= 1.0
     assert list((tmp_path / "run" / "samples").glob("*.gif"))  # a video run's groups play as GIFs
+    out = tmp_path / "again" / "heldout.json"
+    assert cli.main(["eval", str(tmp_path / "run"), "--out", str(out), "--seeds", "1", "--steps", "2"]) == 0
+    with Image.open(out.with_suffix(".gif")) as gif:  # `genrl eval` plays the clips too, as a run's evaluations do
+        assert gif.n_frames == 8  # the world's 8 frames
+    assert json.loads(out.read_text())["score"] >= 0.0 and out.with_suffix(".png").is_file()
 
 
 def test_without_shipped_weights_the_config_names_the_pretraining_command(tmp_path, capsys, monkeypatch):

@@ -59,6 +59,8 @@ def _component_problems(directory: Path, components: Mapping[str, str]) -> list[
 
 def _expected(components: Mapping[str, str]) -> str:
     what = {MODEL: "config.json + *.safetensors", TOKENIZER: "tokenizer files", CONFIG: "scheduler_config.json"}
+    if not components:  # a folder whose files the caller checks itself (e.g. a reward's checkpoint folder)
+        return "the model's files"
     return ", ".join(f"{sub + '/' if sub else ''}{what[kind]}" for sub, kind in components.items())
 
 
