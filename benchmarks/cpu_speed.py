@@ -25,7 +25,12 @@ the main job is 5e-5, so a log-ratio off by rounding is clipped, not learned fro
 
     python -m genrl.benchmarks.cpu_speed [--updates 20] [--warmup 5] [--repeats 3] [--processes 2]
     python -m genrl.benchmarks.cpu_speed --autocast [--repeats 3]
+    python -m genrl.benchmarks.cpu_speed --compile [--updates 10]      # model.compile=true against eager
     python -m genrl.benchmarks.cpu_speed --ratio [cpu_ratio's options]   # the denoiser's FLOP/s against a matmul's
+
+**torch.compile** (`--compile`): the main job in one process, eager and with `model.compile=true`, alternating; besides
+the time per update after the warm-up, the first update's time (the compile is in it: the rollout's graph and the
+training pass's) and the whole run's, so what compiling costs is counted.
 
 **Ratio to the limit** (`--ratio`, genrl.benchmarks.cpu_ratio): the denoiser's achieved FLOP/s in rollout calls and
 training passes as a fraction of this CPU's fp32 and bf16 matmul rates, measured in the same run.
@@ -56,10 +61,12 @@ class Layout:
     processes: int
     threads: int  # per process
     draw: str  # train.minibatch_draw
+    compiled: bool | None = None  # model.compile; None: as the config and the overrides give it
 
     @property
     def name(self) -> str:
-        return f"{self.processes} process{'es' if self.processes > 1 else ''} × {self.threads} thread(s), {self.draw} draw"
+        compiled = ", compiled" if self.compiled else ""
+        return f"{self.processes} process{'es' if self.processes > 1 else ''} × {self.threads} thread(s), {self.draw} draw{compiled}"
 
 
 def layouts(cores: int, processes: int) -> list[Layout]:
@@ -68,10 +75,16 @@ def layouts(cores: int, processes: int) -> list[Layout]:
            [Layout(processes, max(1, cores // processes), draw) for draw in ("random", "balanced")]
 
 
+def compile_layouts(cores: int) -> list[Layout]:
+    """One process on every core, eager then compiled."""
+    return [Layout(1, cores, "random", compiled=False), Layout(1, cores, "random", compiled=True)]
+
+
 def command(layout: Layout, updates: int, run_dir: str, overrides: list[str]) -> list[str]:
     launch = ["--num-processes", str(layout.processes)] if layout.processes > 1 else []
     return [sys.executable, "-m", "genrl", "train", *launch, f"train.updates={updates}",
-            f"train.minibatch_draw={layout.draw}", *QUIET, *overrides, f"run_dir={run_dir}"]
+            f"train.minibatch_draw={layout.draw}", *QUIET, *overrides,
+            *([] if layout.compiled is None else [f"model.compile={str(layout.compiled).lower()}"]), f"run_dir={run_dir}"]
 
 
 def run(layout: Layout, updates: int, run_dir: str, overrides: list[str]) -> list[dict]:
@@ -99,15 +112,20 @@ def same_metrics(a: list[dict], b: list[dict], rel: float = 1e-4) -> bool:
 
 
 def measure(updates: int, warmup: int, repeats: int, processes: int, cores: int,
-            overrides: list[str] = ()) -> list[dict]:
-    candidates = layouts(cores, processes)
+            overrides: list[str] = (), compiled: bool = False) -> list[dict]:
+    """`compiled`: eager against model.compile=true in one process (compile_layouts), else the process layouts."""
+    candidates = compile_layouts(cores) if compiled else layouts(cores, processes)
     times: dict[Layout, list[float]] = {c: [] for c in candidates}
+    first: dict[Layout, list[float]] = {c: [] for c in candidates}  # the first update, a compiled run's compile in it
+    total: dict[Layout, list[float]] = {c: [] for c in candidates}
     metrics: dict[Layout, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(repeats):
             for i, layout in enumerate(candidates):
                 rows = run(layout, updates, f"{tmp}/{rep}-{i}", list(overrides))
                 times[layout].append(seconds_per_update(rows, warmup))
+                first[layout].append(rows[0]["wall_s"])
+                total[layout].append(rows[-1]["wall_s"])
                 metrics.setdefault(layout, rows)
     reference = statistics.median(times[candidates[0]])
     results = []
@@ -115,7 +133,8 @@ def measure(updates: int, warmup: int, repeats: int, processes: int, cores: int,
         twin = next(c for c in candidates if c.processes == 1 and c.draw == layout.draw)
         median = statistics.median(times[layout])
         results.append({"layout": layout.name, "processes": layout.processes, "threads": layout.threads,
-                        "draw": layout.draw, "s_per_update": median, "times": times[layout],
+                        "draw": layout.draw, "compiled": layout.compiled, "s_per_update": median, "times": times[layout],
+                        "first_update_s": statistics.median(first[layout]), "run_s": statistics.median(total[layout]),
                         "speedup": reference / median,
                         "same_metrics_as": None if twin == layout else (twin.name if same_metrics(
                             metrics[layout], metrics[twin]) else False)})
@@ -170,6 +189,8 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--cores", type=int, default=os.cpu_count())
     parser.add_argument("--autocast", action="store_true", help="time the denoiser in fp32 and bf16 autocast instead")
+    parser.add_argument("--compile", action="store_true", help="the main job eager and with model.compile=true instead "
+                        "of the process layouts")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value passed to every run")
     args = parser.parse_args()
     if args.autocast:
@@ -180,14 +201,16 @@ def main() -> None:
               f"bf16 velocity's relative error against fp32: {r['relative_error']:.2e}\n"
               f"bf16 forward with gradients gives the bits of the one without: {r['grad_equals_no_grad']}")
         return
-    results = measure(args.updates, args.warmup, args.repeats, args.processes, args.cores, args.overrides)
-    print(f"the main job's updates {args.warmup + 1}-{args.updates}, median of {args.repeats} runs, {args.cores} cores")
-    print("| layout | s / update | runs | speed-up | metrics |\n|---|---|---|---|---|")
+    results = measure(args.updates, args.warmup, args.repeats, args.processes, args.cores, args.overrides, args.compile)
+    print(f"the main job's updates {args.warmup + 1}-{args.updates}, median of {args.repeats} runs, {args.cores} cores, "
+          f"load average {os.getloadavg()[0]:.1f} at the end")
+    print("| layout | s / update | runs | speed-up | first update s | run s (updates) | metrics |\n|---|---|---|---|---|---|---|")
+    twin = "eager" if args.compile else "1 process"  # compiled numbers are not bitwise eager's: compared to tolerance
     for r in results:
         same = r["same_metrics_as"]
-        check = "reference" if same is None else ("same as 1 process" if same else "DIFFERENT from 1 process")
+        check = "reference" if same is None else (f"same as {twin}" if same else f"DIFFERENT from {twin}")
         print(f"| {r['layout']} | {r['s_per_update']:.3f} | {', '.join(f'{t:.3f}' for t in r['times'])}"
-              f" | ×{r['speedup']:.2f} | {check} |")
+              f" | ×{r['speedup']:.2f} | {r['first_update_s']:.2f} | {r['run_s']:.1f} | {check} |")
 
 
 if __name__ == "__main__":

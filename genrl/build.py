@@ -89,7 +89,8 @@ def _import_testing_names(name: str) -> None:
         importlib.import_module(TESTING_MODULE)
 
 
-def build_model(cfg: Config) -> ModelAdapter:
+def build_model(cfg: Config, announce: bool = True) -> ModelAdapter:
+    """The model of `cfg.model`, on `cfg.device`, compiled with model.compile (`announce`: say so)."""
     # LoRA's initialisation draws from the global generator, whose start is random per process:
     # seeding here makes a run reproducible and gives every process of a multi-process run one replica.
     torch.manual_seed(cfg.seed)
@@ -100,7 +101,25 @@ def build_model(cfg: Config) -> ModelAdapter:
         raise ConfigError(f"model.name={cfg.model.name!r}: {err.args[0]}") from None
     except TypeError as err:
         raise ConfigError(f"model.options {cfg.model.options!r} rejected by {cfg.model.name!r}: {err}") from None
-    return adapter.to(cfg.device)
+    return compile_if_asked(cfg, adapter.to(cfg.device), announce)
+
+
+def compile_if_asked(cfg: Config, adapter: ModelAdapter, announce: bool = True) -> ModelAdapter:
+    """With model.compile, every call of the adapter's transformers goes through torch.compile, compiled on
+    first use (genrl.models.finetune.CompiledModules: after sharding, too, the modules are the ones compiled)."""
+    if not cfg.model.compile or getattr(adapter, "_compiled_denoisers", None) is not None:
+        return adapter
+    if not hasattr(adapter, "compile_denoiser"):
+        raise ConfigError(f"model.compile=true: model {cfg.model.name!r} ({type(adapter).__name__}) has no denoiser to "
+                          "compile (adapters on genrl.models.finetune.FinetunedTransformer have one: tiny, tiny_video, "
+                          "sd3, flux, wan); set model.compile=false")
+    adapter.compile_denoiser()
+    if announce:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        print(f"genrl: model.compile is on: the denoiser is torch.compiled in its first calls (counted in the run's "
+              f"time), inductor's cache {cache_dir()} reused across runs", flush=True)
+    return adapter
 
 
 def build_reward(cfg: Config):
@@ -129,7 +148,7 @@ def build(cfg: Config, adapter: ModelAdapter | None = None, reward=None, shard: 
     algorithm = build_algorithm(cfg)
     train_numbered = numbered_prompts(cfg.prompts.train)
     eval_numbered = numbered_prompts(cfg.prompts.eval)
-    adapter = adapter if adapter is not None else build_model(cfg)
+    adapter = compile_if_asked(cfg, adapter, shard[0] == 0) if adapter is not None else build_model(cfg, shard[0] == 0)
     reward = reward if reward is not None else build_reward(cfg)
     # images or clips [N, F, 3, H, W]: an image reward on a video model needs a reduction over frames
     check_reward_inputs(reward, adapter.latent_shape, cfg.model.name)

@@ -8,8 +8,10 @@ from pathlib import Path
 from genrl import checkpoint, config
 from genrl.checkpoint import CheckpointError
 
-# Changing anything else would make the resumed run a different experiment (imports: where its code is found).
-RESUMABLE_PREFIXES = ("train.updates", "log.", "device", "imports")
+# Changing anything else would make the resumed run a different experiment (imports: where its code is found;
+# model.compile, like device, how the same model is computed: a resumed run that changes either is not bitwise
+# the straight run, but the same experiment).
+RESUMABLE_PREFIXES = ("train.updates", "log.", "device", "imports", "model.compile")
 
 
 def resume_config(run_dir: str | Path, overrides: list[str]) -> config.Config:

@@ -5,6 +5,9 @@ which weights train, and which frozen policy is the KL reference.
                      transformer with the adapter switched off (no second copy)
     finetune="full"  every transformer weight; reference = a frozen copy (2× memory)
     finetune="none"  nothing trains; the model is its own reference
+
+`compile_denoiser()` (config `model.compile`) makes every call of the transformer and of the reference
+go through torch.compile (docs/performance.md, "torch.compile").
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 import copy
 from typing import Iterator, Sequence
 
+import torch
 from torch import nn
 
 from genrl.errors import ConfigError
@@ -47,8 +51,17 @@ class FinetunedTransformer:
             self.transformer.requires_grad_(True)
 
     def _denoiser(self) -> nn.Module:
-        """The transformer that `velocity` runs: the trained one, or the frozen copy inside `reference()`."""
-        return self.reference_transformer if self._use_reference else self.transformer
+        """The transformer that `velocity` runs: the trained one, or the frozen copy inside `reference()`;
+        its compiled callable after `compile_denoiser()`."""
+        module = self.reference_transformer if self._use_reference else self.transformer
+        compiled = getattr(self, "_compiled_denoisers", None)
+        return module if compiled is None else compiled(module)
+
+    def compile_denoiser(self) -> None:
+        """torch.compile every transformer `velocity` runs (the trained one, the frozen reference copy), for
+        rollouts, training passes and evaluations alike. The modules stay the owners of their parameters:
+        state dicts, checkpoints and exports are those of the eager model (no `_orig_mod.` keys)."""
+        self._compiled_denoisers = CompiledModules()
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.transformer.parameters() if p.requires_grad]
@@ -67,3 +80,27 @@ class FinetunedTransformer:
                 self._use_reference = False
         else:
             yield
+
+
+class CompiledModules:
+    """torch.compile's callables of modules, one per module, made on first use; kept outside the module tree.
+
+    Shapes are static (`dynamic=False`): every model call has `sampling.micro_batch` rows (an evaluation with
+    guidance twice that), so a row's result does not depend on the batch it came in, as eager. The graph with
+    gradients gives the bits of the one without (fp32; tests/test_compile_option.py), so re-evaluated log-probs
+    stay bit-exact. A LoRA reference (adapters switched off), grad mode and each shape are guarded variants of
+    the same compiled callable: compiled once each, then reused.
+    A deep copy of the adapter compiles its own modules (a compiled callable calls the module it was made of).
+    """
+
+    def __init__(self):
+        self._by_module: dict[int, tuple[nn.Module, nn.Module]] = {}
+
+    def __call__(self, module: nn.Module) -> nn.Module:
+        entry = self._by_module.get(id(module))
+        if entry is None or entry[0] is not module:
+            entry = self._by_module[id(module)] = (module, torch.compile(module, dynamic=False))
+        return entry[1]
+
+    def __deepcopy__(self, memo: dict) -> "CompiledModules":
+        return CompiledModules()
