@@ -116,9 +116,9 @@ def test_eval_grid_marks_each_image_pass_or_fail_like_a_run_s(prompt_file, tmp_p
     drawn = {}
     real = grids.save_scored
 
-    def spy(path, thumbs, blocks, title=None, images_per_row=8):
+    def spy(path, thumbs, blocks, title=None, images_per_row=8, **options):  # options: frames= (clips)
         drawn.update(blocks=blocks, title=title)
-        return real(path, thumbs, blocks, title, images_per_row)
+        return real(path, thumbs, blocks, title, images_per_row, **options)
 
     monkeypatch.setattr(grids, "save_scored", spy)
     out = tmp_path / "e.json"
