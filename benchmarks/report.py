@@ -286,14 +286,19 @@ def git_commit(repo: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """python -m genrl.benchmarks.report DIR [DIR ...]: rebuild each folder's table.md and plots from results.json."""
+    import argparse
     import sys
 
-    folders = sys.argv[1:] if argv is None else argv
-    if not folders:
-        print("usage: python -m genrl.benchmarks.report DIR [DIR ...]", file=sys.stderr)
-        return 2
-    for folder in folders:
-        results = rebuild(folder)
+    parser = argparse.ArgumentParser(prog="python -m genrl.benchmarks.report",
+                                     description="Rebuild each folder's statistics, table.md and plots "
+                                                 "from its results.json (a folder written by `genrl bench`).")
+    parser.add_argument("folders", nargs="+", metavar="DIR")
+    for folder in parser.parse_args(argv).folders:
+        try:
+            results = rebuild(folder)
+        except FileNotFoundError as err:  # one line, as the CLI prints user errors
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         print(f"{folder}: {results['comparison']['verdict']}")
     return 0
 

@@ -247,3 +247,12 @@ def test_every_arm_is_paired_against_the_reference(tmp_path):
     assert "| Δ vs ref, paired [95% CI] | p (paired t, Holm) |" in table and "**Against ref:** Above ref" in table
     assert f"{pairs['down']['diff']:+.3f} [" in table
 
+
+
+def test_report_cli_names_a_folder_without_results_in_one_line(tmp_path, capsys):
+    assert report.main([str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "results.json" in err[0] and "missing" in err[0]
+    with pytest.raises(SystemExit) as asked:  # --help is an option, not a folder named "--help"
+        report.main(["--help"])
+    assert asked.value.code == 0 and "results.json" in capsys.readouterr().out
