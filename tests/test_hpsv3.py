@@ -18,12 +18,7 @@ PROMPTS = ["a photo of a cat", "a red dog", "a photo of a cat"]
 PIXELS = 56 * 56  # 4 x 4 patches of 14 px, merged 2 x 2: 4 image tokens
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

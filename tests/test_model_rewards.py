@@ -14,13 +14,7 @@ from genrl.rewards.hpsv2 import ARCHS
 PROMPTS = ["a photo of a cat", "a red dog", "a photo of a cat", "the green square on the mat"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread: on a shared 2-core machine more threads spin against each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

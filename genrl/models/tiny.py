@@ -186,19 +186,21 @@ def _load_state(module: nn.Module, state: dict[str, Tensor], path: Path) -> None
 # --- the adapter ---------------------------------------------------------------------
 
 
-@register("tiny")
-class TinyShapeModel(FinetunedTransformer, ModelAdapter):
-    """ShapeWorld text-to-image flow model; latents are images mapped to [-1, 1].
+class TinyWordModel(FinetunedTransformer, ModelAdapter):
+    """What the embedded adapters (`tiny`, `tiny_video`) share: a word-level text encoder and a diffusers
+    transformer, read from a genrl weights folder or randomly initialised, the text encoder frozen, the
+    denoiser fine-tuned (LoRA, full or none), the empty prompt's encoding cached for CFG.
 
-    Options: pretrained (load genrl/assets/tiny) or weights=DIR (another
-    directory with the same files); finetune "lora" (peft adapter on the
-    attention projections; reference = adapter disabled), "full" (every
-    transformer weight; reference = frozen copy) or "none" (nothing trained);
-    guidance_scale (CFG with the empty prompt when ≠ 1); seed (random init);
-    size fields of TinyConfig (random init only).
+    A subclass names its world: `model_name`, `config_class`, `default_weights`, `default_lora_targets`,
+    `null_buffers` (the cached unconditional tensors), and the static hooks `read_weights`,
+    `default_vocabulary`, `build_modules` (text encoder, transformer) and `latent_shape_of`.
     """
 
-    latent_shape = (3, 32, 32)
+    model_name: str
+    config_class: type
+    default_weights: Path
+    default_lora_targets: Sequence[str] | None = None  # None: genrl.models.lora's DEFAULT_TARGETS
+    null_buffers: tuple[str, ...] = ("_null_prompt_embeds",)
 
     def __init__(
         self,
@@ -216,28 +218,25 @@ class TinyShapeModel(FinetunedTransformer, ModelAdapter):
         **sizes,
     ):
         super().__init__()
-        check_finetune(finetune, "tiny")
+        check_finetune(finetune, self.model_name)
         self.guidance_scale = guidance_scale
         self.finetune = finetune
         if weights is not None or pretrained:
             if sizes:
                 raise ConfigError(f"size options {sorted(sizes)} only apply with pretrained=False")
-            self.weights_path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
-            cfg, self.weights_meta, text_state, transformer_state = read_weights(self.weights_path)
+            self.weights_path = Path(weights) if weights is not None else self.default_weights
+            cfg, self.weights_meta, text_state, transformer_state = self.read_weights(self.weights_path)
         else:
             self.weights_path, self.weights_meta = None, {}
-            if "vocabulary" not in sizes:
-                sizes["vocabulary"] = default_vocabulary()
-            cfg = TinyConfig.from_dict(sizes, where="tiny model options")
+            sizes.setdefault("vocabulary", self.default_vocabulary())
+            cfg = self.config_class.from_dict(sizes, where=f"{self.model_name} model options")
         self.config = cfg
         self.tokenizer = WordTokenizer(cfg.vocabulary, cfg.max_length)
-        side = cfg.sample_size
-        self.latent_shape = (3, side, side)
+        self.latent_shape = self.latent_shape_of(cfg)
 
         with torch.random.fork_rng(devices=[]):  # random init must not disturb the caller's RNG
             torch.manual_seed(seed)
-            self.text_encoder = build_text_encoder(cfg)
-            self.transformer = build_transformer(cfg)
+            self.text_encoder, self.transformer = self.build_modules(cfg)
         if self.weights_path is not None:
             _, text_file, transformer_file = weight_files(self.weights_path)
             _load_state(self.text_encoder, text_state, text_file)
@@ -247,13 +246,77 @@ class TinyShapeModel(FinetunedTransformer, ModelAdapter):
         self.requires_grad_(False)
         self.text_encoder.eval()
         alpha = 2 * lora_rank if lora_alpha is None else lora_alpha
-        self._setup_finetune(finetune, lora_rank=lora_rank, lora_alpha=alpha, lora_targets=lora_targets)
+        targets = self.default_lora_targets if lora_targets is None else lora_targets
+        self._setup_finetune(finetune, lora_rank=lora_rank, lora_alpha=alpha, lora_targets=targets)
 
         # The empty prompt's encoding, for CFG: computed once, moved along by .to(device).
-        self.register_buffer("_null_prompt_embeds", torch.empty(0), persistent=False)
-        self.register_buffer("_null_pooled_embeds", torch.empty(0), persistent=False)
+        for name in self.null_buffers:
+            self.register_buffer(name, torch.empty(0), persistent=False)
         self.refresh_unconditional()
         self.to(device=device, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the policy as it is now (LoRA folded into the weights) for diffusers and genrl:
+
+            DIR/transformer/    SD3Transformer2DModel (tiny) or WanTransformer3DModel (tiny_video)
+                                .from_pretrained(DIR, subfolder="transformer")
+            DIR/text_encoder/   TinyTextEncoder.from_pretrained(DIR / "text_encoder")
+            DIR/config.json     sizes and vocabulary: genrl.models.load(NAME, weights=DIR) loads it all back
+
+        `directory` is replaced as a whole once everything is written.
+        """
+        from genrl.models.lora import merged_copy
+
+        directory = Path(directory)
+        tmp = _temporary_sibling(directory)
+        try:
+            merged_copy(self.transformer).save_pretrained(tmp / "transformer")
+            self.text_encoder.save_pretrained(tmp / "text_encoder")
+            meta = {"model": dataclasses.asdict(self.config), "source": str(self.weights_path or "random init"),
+                    "finetune": self.finetune}
+            (tmp / "config.json").write_text(json.dumps(meta, indent=1) + "\n")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _replace_directory(tmp, directory)
+        return directory
+
+    @property
+    def _device(self) -> torch.device:
+        return self.text_encoder.position_embedding.device
+
+    def extra_repr(self) -> str:
+        weights = str(self.weights_path) if self.weights_path else "random init"
+        return f"weights={weights}, finetune={self.finetune}, guidance_scale={self.guidance_scale}"
+
+
+@register("tiny")
+class TinyShapeModel(TinyWordModel):
+    """ShapeWorld text-to-image flow model; latents are images mapped to [-1, 1].
+
+    Options: pretrained (load genrl/assets/tiny) or weights=DIR (another
+    directory with the same files); finetune "lora" (peft adapter on the
+    attention projections; reference = adapter disabled), "full" (every
+    transformer weight; reference = frozen copy) or "none" (nothing trained);
+    guidance_scale (CFG with the empty prompt when ≠ 1); seed (random init);
+    size fields of TinyConfig (random init only).
+    """
+
+    latent_shape = (3, 32, 32)
+    model_name = "tiny"
+    config_class = TinyConfig
+    default_weights = DEFAULT_WEIGHTS
+    null_buffers = ("_null_prompt_embeds", "_null_pooled_embeds")
+    read_weights = staticmethod(read_weights)
+    default_vocabulary = staticmethod(default_vocabulary)
+
+    @staticmethod
+    def build_modules(cfg: TinyConfig) -> tuple[nn.Module, nn.Module]:
+        return build_text_encoder(cfg), build_transformer(cfg)
+
+    @staticmethod
+    def latent_shape_of(cfg: TinyConfig) -> tuple[int, ...]:
+        return (3, cfg.sample_size, cfg.sample_size)
 
     # --- ModelAdapter interface ------------------------------------------------------
 
@@ -305,39 +368,6 @@ class TinyShapeModel(FinetunedTransformer, ModelAdapter):
     def decode(self, x: Tensor) -> Tensor:
         return ((x.float() + 1) / 2).clamp(0, 1)
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write the policy as it is now (LoRA folded into the weights) for diffusers and genrl:
-
-            DIR/transformer/    SD3Transformer2DModel.from_pretrained(DIR, subfolder="transformer")
-            DIR/text_encoder/   TinyTextEncoder.from_pretrained(DIR / "text_encoder")
-            DIR/config.json     sizes and vocabulary: genrl.models.load("tiny", weights=DIR) loads it all back
-
-        `directory` is replaced as a whole once everything is written.
-        """
-        from genrl.models.lora import merged_copy
-
-        directory = Path(directory)
-        tmp = _temporary_sibling(directory)
-        try:
-            merged_copy(self.transformer).save_pretrained(tmp / "transformer")
-            self.text_encoder.save_pretrained(tmp / "text_encoder")
-            meta = {"model": dataclasses.asdict(self.config), "source": str(self.weights_path or "random init"),
-                    "finetune": self.finetune}
-            (tmp / "config.json").write_text(json.dumps(meta, indent=1) + "\n")
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        _replace_directory(tmp, directory)
-        return directory
-
     def to_latent(self, images: Tensor) -> Tensor:
         """Inverse of `decode` on [0, 1] images (used by pretraining)."""
         return images * 2 - 1
-
-    @property
-    def _device(self) -> torch.device:
-        return self.text_encoder.position_embedding.device
-
-    def extra_repr(self) -> str:
-        weights = str(self.weights_path) if self.weights_path else "random init"
-        return f"weights={weights}, finetune={self.finetune}, guidance_scale={self.guidance_scale}"

@@ -27,11 +27,10 @@ from tensordict import TensorDict
 from torch import Tensor, nn
 
 from genrl.errors import ConfigError
-from genrl.models.base import ModelAdapter, register
-from genrl.models.finetune import FinetunedTransformer, check_finetune
+from genrl.models.base import register
 from genrl.models import tiny
-from genrl.models.tiny import TinyShapeModel, _load_state, save_weights, weight_files
-from genrl.models.tiny_text import TinyTextEncoder, WordTokenizer
+from genrl.models.tiny import TinyWordModel, save_weights
+from genrl.models.tiny_text import TinyTextEncoder
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "tiny_video"
 # flow_grpo's LoRA targets for Wan (scripts/train_wan2_1.py): the self- and cross-attention projections.
@@ -108,7 +107,7 @@ def read_weights(directory: str | Path) -> tuple[TinyVideoConfig, dict, dict[str
 
 
 @register("tiny_video")
-class TinyVideoModel(FinetunedTransformer, ModelAdapter):
+class TinyVideoModel(TinyWordModel):
     """ShapeWorld-Motion text-to-video flow model; latents are clips [3, F, H, W] mapped to [-1, 1].
 
     Options as the `tiny` adapter's: pretrained (load genrl/assets/tiny_video) or weights=DIR;
@@ -118,56 +117,20 @@ class TinyVideoModel(FinetunedTransformer, ModelAdapter):
     """
 
     latent_shape = (3, 8, 32, 32)
+    model_name = "tiny_video"
+    config_class = TinyVideoConfig
+    default_weights = DEFAULT_WEIGHTS
+    default_lora_targets = DEFAULT_LORA_TARGETS
+    read_weights = staticmethod(read_weights)
+    default_vocabulary = staticmethod(default_vocabulary)
 
-    def __init__(
-        self,
-        *,
-        pretrained: bool = True,
-        weights: str | Path | None = None,
-        finetune: str = "lora",
-        lora_rank: int = 8,
-        lora_alpha: float | None = None,
-        lora_targets: Sequence[str] | None = None,
-        guidance_scale: float | None = 1.0,
-        seed: int = 0,
-        device: str | torch.device | None = None,
-        dtype: torch.dtype | str = torch.float32,
-        **sizes,
-    ):
-        super().__init__()
-        check_finetune(finetune, "tiny_video")
-        self.guidance_scale = guidance_scale
-        if weights is not None or pretrained:
-            if sizes:
-                raise ConfigError(f"size options {sorted(sizes)} only apply with pretrained=False")
-            self.weights_path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
-            cfg, self.weights_meta, text_state, transformer_state = read_weights(self.weights_path)
-        else:
-            self.weights_path, self.weights_meta = None, {}
-            sizes.setdefault("vocabulary", default_vocabulary())
-            cfg = TinyVideoConfig.from_dict(sizes, where="tiny_video model options")
-        self.config = cfg
-        self.tokenizer = WordTokenizer(cfg.vocabulary, cfg.max_length)
-        self.latent_shape = (3, cfg.frames, cfg.sample_size, cfg.sample_size)
+    @staticmethod
+    def build_modules(cfg: TinyVideoConfig) -> tuple[nn.Module, nn.Module]:
+        return build_text_encoder(cfg), build_transformer(cfg)
 
-        with torch.random.fork_rng(devices=[]):  # random init must not disturb the caller's RNG
-            torch.manual_seed(seed)
-            self.text_encoder = build_text_encoder(cfg)
-            self.transformer = build_transformer(cfg)
-        if self.weights_path is not None:
-            _, text_file, transformer_file = weight_files(self.weights_path)
-            _load_state(self.text_encoder, text_state, text_file)
-            _load_state(self.transformer, transformer_state, transformer_file)
-
-        self.requires_grad_(False)  # the text encoder stays frozen in RL; only the denoiser is fine-tuned
-        self.text_encoder.eval()
-        alpha = 2 * lora_rank if lora_alpha is None else lora_alpha
-        targets = DEFAULT_LORA_TARGETS if lora_targets is None else lora_targets
-        self._setup_finetune(finetune, lora_rank=lora_rank, lora_alpha=alpha, lora_targets=targets)
-
-        self.register_buffer("_null_prompt_embeds", torch.empty(0), persistent=False)
-        self.refresh_unconditional()
-        self.to(device=device, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    @staticmethod
+    def latent_shape_of(cfg: TinyVideoConfig) -> tuple[int, ...]:
+        return (3, cfg.frames, cfg.sample_size, cfg.sample_size)
 
     def check_prompt(self, prompt: str) -> None:
         """Raise PromptError naming a word outside the vocabulary; with the motion vocabulary the
@@ -217,16 +180,3 @@ class TinyVideoModel(FinetunedTransformer, ModelAdapter):
         from genrl.models.lora import merged_copy
 
         save_weights(directory, self.config, self.text_encoder, merged_copy(self.transformer), **extra)
-
-    # The same folders as the image model's (its method reads only what both adapters have):
-    # DIR/transformer/ for WanTransformer3DModel.from_pretrained(DIR, subfolder="transformer"),
-    # DIR/text_encoder/ and DIR/config.json, which genrl.models.load("tiny_video", weights=DIR) reads back.
-    save_pretrained = TinyShapeModel.save_pretrained
-
-    @property
-    def _device(self) -> torch.device:
-        return self.text_encoder.position_embedding.device
-
-    def extra_repr(self) -> str:
-        weights = str(self.weights_path) if self.weights_path else "random init"
-        return f"weights={weights}, finetune={self.finetune}, guidance_scale={self.guidance_scale}"
