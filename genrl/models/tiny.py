@@ -193,7 +193,7 @@ class TinyWordModel(FinetunedTransformer, ModelAdapter):
 
     A subclass names its world: `model_name`, `config_class`, `default_weights`, `default_lora_targets`,
     `null_buffers` (the cached unconditional tensors), and the static hooks `read_weights`,
-    `default_vocabulary`, `build_modules` (text encoder, transformer) and `latent_shape_of`.
+    `default_vocabulary`, `build_text_encoder`, `build_transformer` and `latent_shape_of`.
     """
 
     model_name: str
@@ -236,7 +236,8 @@ class TinyWordModel(FinetunedTransformer, ModelAdapter):
 
         with torch.random.fork_rng(devices=[]):  # random init must not disturb the caller's RNG
             torch.manual_seed(seed)
-            self.text_encoder, self.transformer = self.build_modules(cfg)
+            self.text_encoder = self.build_text_encoder(cfg)
+            self.transformer = self.build_transformer(cfg)
         if self.weights_path is not None:
             _, text_file, transformer_file = weight_files(self.weights_path)
             _load_state(self.text_encoder, text_state, text_file)
@@ -309,10 +310,8 @@ class TinyShapeModel(TinyWordModel):
     null_buffers = ("_null_prompt_embeds", "_null_pooled_embeds")
     read_weights = staticmethod(read_weights)
     default_vocabulary = staticmethod(default_vocabulary)
-
-    @staticmethod
-    def build_modules(cfg: TinyConfig) -> tuple[nn.Module, nn.Module]:
-        return build_text_encoder(cfg), build_transformer(cfg)
+    build_text_encoder = staticmethod(build_text_encoder)
+    build_transformer = staticmethod(build_transformer)
 
     @staticmethod
     def latent_shape_of(cfg: TinyConfig) -> tuple[int, ...]:

@@ -123,10 +123,8 @@ class TinyVideoModel(TinyWordModel):
     default_lora_targets = DEFAULT_LORA_TARGETS
     read_weights = staticmethod(read_weights)
     default_vocabulary = staticmethod(default_vocabulary)
-
-    @staticmethod
-    def build_modules(cfg: TinyVideoConfig) -> tuple[nn.Module, nn.Module]:
-        return build_text_encoder(cfg), build_transformer(cfg)
+    build_text_encoder = staticmethod(build_text_encoder)
+    build_transformer = staticmethod(build_transformer)
 
     @staticmethod
     def latent_shape_of(cfg: TinyVideoConfig) -> tuple[int, ...]:
