@@ -19,7 +19,10 @@ Reproducibility: everything random comes from `--seed` (model init, prompt order
 noise, σ), and the schedule from `--steps`, so `--steps N` with the same seed reproduces the same
 weights. `--minutes` is only a safety cap (a run it stops has not annealed). A run cut short
 continues exactly with `--state FILE --resume` (model, EMA, optimizer and data RNGs are restored;
-the data of step i depend on i only).
+the data of step i depend on i only). SIGINT or SIGTERM lets the step in flight finish, saves the
+weights and the state at once (without the checkpoint's quick evaluation, so a scheduler's grace
+period suffices) and exits with 128 + the signal's number; a second signal stops at once, and the
+last checkpoint, written atomically, stays.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 
+from genrl import stopping
 from genrl.models.base import ModelAdapter
 
 CHECKPOINT_EVAL_STEPS = 10  # ODE steps of the quick evaluation at each checkpoint
@@ -104,17 +108,19 @@ def train(args: argparse.Namespace, model: ModelAdapter, sample_prompts: PromptS
     start, last_ckpt, history = time.time(), time.time(), []
     running, step_i = None, 0
 
-    def checkpoint(final: bool) -> None:
+    def checkpoint(final: bool, evaluate: bool = True) -> None:
         ema.refresh_unconditional()  # the text encoder changed since the last time
         seeds = 4 if final else 1
-        scores = recipe.evaluate(ema, CHECKPOINT_EVAL_STEPS, seeds)
+        scores = recipe.evaluate(ema, CHECKPOINT_EVAL_STEPS, seeds) if evaluate else None
         wall = previous_wall + time.time() - start
-        history.append({"step": step_i, "minutes": round(wall / 60, 2), "loss": running, "strict_k10": scores["score"]})
-        print(f"[eval step {step_i}] K={CHECKPOINT_EVAL_STEPS} {format_scores(scores)}", flush=True)
+        history.append({"step": step_i, "minutes": round(wall / 60, 2), "loss": running,
+                        "strict_k10": scores["score"] if scores else None})
+        if scores:
+            print(f"[eval step {step_i}] K={CHECKPOINT_EVAL_STEPS} {format_scores(scores)}", flush=True)
         training = {**settings, "steps_done": step_i, "wall_minutes": round(wall / 60, 2), "parameters": n_params,
                     "sigma_sampling": "logit-normal(0, 1)", "history": history,
                     "reproduce": f"python -m {recipe.script} --out DIR {flags} --steps {args.steps}"}
-        extra = {"training": training, "eval": {f"K{CHECKPOINT_EVAL_STEPS}_seeds{seeds}": scores}}
+        extra = {"training": training, "eval": {f"K{CHECKPOINT_EVAL_STEPS}_seeds{seeds}": scores} if scores else {}}
         recipe.save(Path(args.out), ema, extra)
         if args.snapshots:
             recipe.save(Path(args.snapshots) / f"step{step_i:05d}", ema, extra)
@@ -137,38 +143,45 @@ def train(args: argparse.Namespace, model: ModelAdapter, sample_prompts: PromptS
         print(f"resumed from {args.state} at step {step_i} ({previous_wall / 60:.1f} min)", flush=True)
     first_step = step_i
 
-    while step_i < args.steps and time.time() - start < args.minutes * 60:
-        prompts = sample_prompts(args.batch)
-        render_seeds = (args.seed * 1_000_003 + step_i * args.batch + torch.arange(args.batch)).tolist()
-        x0 = model.to_latent(recipe.render(prompts, render_seeds))  # [B, *latent_shape] in [-1, 1]
-        drop = torch.rand(args.batch, generator=data_gen) < args.caption_dropout
-        captions = ["" if d else p for p, d in zip(prompts, drop.tolist())]
-        noise = torch.randn(x0.shape, generator=data_gen)
-        sigma = torch.sigmoid(torch.randn(args.batch, generator=data_gen))  # logit-normal(0, 1)
-        s = sigma.view(-1, *[1] * (x0.dim() - 1))
-        x_sigma = (1 - s) * x0 + s * noise
+    stop = stopping.StopRequest()  # SIGINT / SIGTERM: finish this step, save, exit 128 + signal
+    with stopping.handled(stop):
+        while step_i < args.steps and time.time() - start < args.minutes * 60 and not stop.requested:
+            prompts = sample_prompts(args.batch)
+            render_seeds = (args.seed * 1_000_003 + step_i * args.batch + torch.arange(args.batch)).tolist()
+            x0 = model.to_latent(recipe.render(prompts, render_seeds))  # [B, *latent_shape] in [-1, 1]
+            drop = torch.rand(args.batch, generator=data_gen) < args.caption_dropout
+            captions = ["" if d else p for p, d in zip(prompts, drop.tolist())]
+            noise = torch.randn(x0.shape, generator=data_gen)
+            sigma = torch.sigmoid(torch.randn(args.batch, generator=data_gen))  # logit-normal(0, 1)
+            s = sigma.view(-1, *[1] * (x0.dim() - 1))
+            x_sigma = (1 - s) * x0 + s * noise
 
-        cond = recipe.condition(model, captions)
-        loss = torch.nn.functional.mse_loss(model._velocity(x_sigma, sigma, cond), noise - x0)
+            cond = recipe.condition(model, captions)
+            loss = torch.nn.functional.mse_loss(model._velocity(x_sigma, sigma, cond), noise - x0)
 
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step_i, args)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        decay = min(args.ema, (1 + step_i) / (10 + step_i))  # short memory early, when weights move fast
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1 - decay)
-        step_i += 1
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step_i % args.log_every == 0:
-            elapsed = time.time() - start
-            print(f"step {step_i} loss {running:.4f} grad_norm {grad_norm:.2f} "
-                  f"{elapsed / (step_i - first_step):.2f}s/step {(previous_wall + elapsed) / 60:.1f}min", flush=True)
-        if time.time() - last_ckpt > args.checkpoint_minutes * 60:
-            checkpoint(final=False)
-            last_ckpt = time.time()
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step_i, args)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            decay = min(args.ema, (1 + step_i) / (10 + step_i))  # short memory early, when weights move fast
+            with torch.no_grad():
+                torch._foreach_lerp_(ema_params, params, 1 - decay)
+            step_i += 1
+            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            if step_i % args.log_every == 0:
+                elapsed = time.time() - start
+                print(f"step {step_i} loss {running:.4f} grad_norm {grad_norm:.2f} "
+                      f"{elapsed / (step_i - first_step):.2f}s/step {(previous_wall + elapsed) / 60:.1f}min", flush=True)
+            if time.time() - last_ckpt > args.checkpoint_minutes * 60 and not stop.requested:
+                checkpoint(final=False)
+                last_ckpt = time.time()
+        if stop.requested:
+            checkpoint(final=False, evaluate=False)
+            resume = f" (resume with --state {args.state} --resume)" if args.state else ""
+            print(f"stopped by {stopping.signal_name(stop.signum)} at step {step_i}: weights in {args.out}{resume}", flush=True)
+            raise SystemExit(stopping.exit_code(stop.signum))
     checkpoint(final=True)
     print(f"done: {step_i} steps in {(previous_wall + time.time() - start) / 60:.1f} min; weights in {args.out}", flush=True)
 

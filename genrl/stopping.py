@@ -103,3 +103,7 @@ def handled(handler: Callable, signals: tuple = SIGNALS) -> Iterator[None]:
 
 def exit_code(signum: int | None) -> int:
     return 128 + int(signum or signal.SIGINT)
+
+
+def signal_name(signum: int | None) -> str:
+    return signal.Signals(signum or signal.SIGINT).name

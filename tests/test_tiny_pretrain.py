@@ -49,3 +49,32 @@ def test_a_run_cut_short_resumes_exactly(tmp_path):
     pretrain(tmp_path / "cut", "--steps", "2", "--decay-fraction", "0", "--state", state)
     pretrain(tmp_path / "cut", "--steps", "3", "--decay-fraction", "0", "--state", state, "--resume")
     assert same_weights(tmp_path / "straight", tmp_path / "cut")
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_step_saves_the_state_and_the_resume_is_exact(tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from genrl import flow_pretraining
+
+    pretrain(tmp_path / "straight", "--steps", "3", "--decay-fraction", "0")
+    schedule = flow_pretraining.learning_rate
+
+    def signalled_in_step_two(step, args):  # as a scheduler's SIGTERM would arrive, mid-step
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return schedule(step, args)
+
+    monkeypatch.setattr(flow_pretraining, "learning_rate", signalled_in_step_two)
+    state = str(tmp_path / "state.pt")
+    with pytest.raises(SystemExit) as stopped:
+        pretrain(tmp_path / "cut", "--steps", "3", "--decay-fraction", "0", "--state", state)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    out = capsys.readouterr().out
+    assert "stopped by SIGTERM at step 2" in out and f"--state {state} --resume" in out
+    assert torch.load(state, weights_only=True)["step"] == 2
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["training"]["steps_done"] == 2
+    monkeypatch.setattr(flow_pretraining, "learning_rate", schedule)
+    pretrain(tmp_path / "cut", "--steps", "3", "--decay-fraction", "0", "--state", state, "--resume")
+    assert same_weights(tmp_path / "straight", tmp_path / "cut")
