@@ -125,7 +125,7 @@ class EvalRecord:
         """`write` this record as `tag`; after the final one also the base-vs-final grid (`write_comparison`)."""
         write(self, out_dir, tag, title, fps)
         if tag == "final":
-            write_comparison(out_dir, comparison_title)
+            write_comparison(out_dir, comparison_title, fps)
 
     def blocks(self) -> list[grids.Block]:
         """One grid block per prompt: its shown images, each marked pass / fail (ShapeWorld) or with its reward."""
@@ -233,9 +233,11 @@ def write(record: EvalRecord, out_dir: str | Path, tag: str, title: str, fps: in
         save_eval_gif(out / f"{tag}.gif", record.thumbnails, record.frames, record.blocks(), heading, fps)
 
 
-def save_comparison(base: EvalRecord, final: EvalRecord, path: str | Path, title: str) -> Path | None:
+def save_comparison(base: EvalRecord, final: EvalRecord, path: str | Path, title: str,
+                    fps: int = DEFAULT_FPS) -> Path | None:
     """Base and final side by side: per prompt, the base images of the grid's seeds, then the final
-    images of the same seeds. None (nothing written) when the two share no shown image."""
+    images of the same seeds (for clips also animated, in a GIF beside `path`). None (nothing written)
+    when the two share no shown image."""
     base_index = {(base.prompts[i], base.seeds[i]): j for j, i in enumerate(base.shown)}
     sides: dict[str, tuple[list, list]] = {}
     for j, i in enumerate(final.shown):
@@ -250,15 +252,18 @@ def save_comparison(base: EvalRecord, final: EvalRecord, path: str | Path, title
     thumbs = torch.cat([base.thumbnails, final.thumbnails])
     heading = (f"{title} | base {base.headline(size=False)} -> final {final.headline()}\n"
                f"per prompt: base (left) and final (right) from the same seeds; {final.marks()}")
+    if final.frames > 1:  # clips also side by side in motion, beside the filmstrip grid
+        save_eval_gif(Path(path).with_suffix(".gif"), thumbs, final.frames, blocks, heading, fps, images_per_row=12)
     return grids.save_scored(path, thumbs, blocks, heading, images_per_row=12, frames=final.frames)
 
 
-def write_comparison(out_dir: str | Path, title: str) -> Path | None:
-    """eval/base_vs_final.png from eval/base.pt and eval/final.pt, when both exist (see save_comparison)."""
+def write_comparison(out_dir: str | Path, title: str, fps: int = DEFAULT_FPS) -> Path | None:
+    """eval/base_vs_final.png (and .gif for clips) from eval/base.pt and eval/final.pt, when both exist."""
     out = Path(out_dir)
     if not ((out / "base.pt").is_file() and (out / "final.pt").is_file()):
         return None
-    return save_comparison(EvalRecord.load(out / "base.pt"), EvalRecord.load(out / "final.pt"), out / "base_vs_final.png", title)
+    base, final = EvalRecord.load(out / "base.pt"), EvalRecord.load(out / "final.pt")
+    return save_comparison(base, final, out / "base_vs_final.png", title, fps)
 
 
 def guidance_of(adapter: ModelAdapter) -> float | None:

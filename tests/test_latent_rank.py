@@ -20,6 +20,7 @@ import math
 
 import pytest
 import torch
+from PIL import Image
 from torch import Tensor
 
 from conftest import TOY_PROMPTS, resumed_and_uninterrupted
@@ -301,6 +302,8 @@ def test_a_video_run_writes_filmstrip_grids_and_resumes_exactly(toy_overrides, t
     assert uninterrupted.keys() == resumed.keys()
     run_dir = tmp_path / "a"
     assert (run_dir / "samples" / "update_000001.png").is_file() and (run_dir / "eval" / "base_vs_final.png").is_file()
+    comparison = Image.open(run_dir / "eval" / "base_vs_final.gif")  # base and final in motion, side by side
+    assert comparison.n_frames == 2  # the toy clips' 2 frames
     record = torch.load(run_dir / "eval" / "final.pt", weights_only=False)
     assert record["thumbnails"].shape[1:] == (3, 8, 2 * 8)  # each shown clip: its 2 frames of 8×8 side by side
 
@@ -315,3 +318,4 @@ def test_an_image_model_seen_as_a_one_frame_video_gives_the_same_run(toy_overrid
     assert image == one_frame
     for name in ("samples/update_000002.png", "eval/base_vs_final.png"):
         assert (tmp_path / "image" / "run" / name).read_bytes() == (tmp_path / "frame" / "run" / name).read_bytes()
+    assert not (tmp_path / "frame" / "run" / "eval" / "base_vs_final.gif").exists()  # one frame: no animation

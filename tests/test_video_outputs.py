@@ -143,7 +143,7 @@ def test_a_video_run_writes_filmstrips_and_a_gif_per_group_logged_to_tensorboard
         # the toy's 8x8 frames are drawn 64x64: a strip of 2 frames is 2*64 + gap wide, 64 high
         canvas = np.asarray(grid.convert("RGB"))
         assert _framed_strips(canvas) == {(64 + 2 * grids.FRAME, 2 * 64 + grids.FRAME_GAP + 2 * grids.FRAME)}
-    for tag in ("base", "final"):
+    for tag in ("base", "final", "base_vs_final"):
         gif = Image.open(run / "eval" / f"{tag}.gif")
         assert gif.n_frames == 2 and durations(gif) == [200, 200]
     record = json.loads((run / rundir.RECORD).read_text())
@@ -155,7 +155,8 @@ def test_a_video_run_writes_filmstrips_and_a_gif_per_group_logged_to_tensorboard
               for tag in events.Tags()["images"] if tag.startswith("video/")}
     gif89 = b"GIF89a"
     assert videos == {"video/samples/group_0": [(1, gif89), (2, gif89)], "video/samples/group_1": [(1, gif89), (2, gif89)],
-                      "video/eval/base": [(0, gif89)], "video/eval/final": [(2, gif89)]}
+                      "video/eval/base": [(0, gif89)], "video/eval/final": [(2, gif89)],
+                      "video/eval/base_vs_final": [(2, gif89)]}
 
     # --overwrite deletes what the run wrote, GIFs included (the run's record claims samples/ and eval/)
     assert cli.main(["train", *video_overrides(toy_overrides), "--overwrite", "log.sample_every=0",
