@@ -16,6 +16,12 @@ Each shape gets its own trainer; repetitions go round the shapes (A, B, C, A, B,
 on the machine spreads over all of them, and the median of each is fitted.
 
     python -m genrl.benchmarks.scaling [--repeats 3]
+
+`--main-jobs` instead times one update of each bundled main job at its own settings — the image
+one (`shapeworld`) and the video one (`shapeworld_motion`) — alternately in one process, and prints
+each one's median and the video / image ratio (the per-update cost of clips, measured in one run):
+
+    python -m genrl.benchmarks.scaling --main-jobs [--repeats 3]
 """
 
 from __future__ import annotations
@@ -65,25 +71,54 @@ def trainer(shape: dict, run_dir: str) -> Trainer:
     return Trainer(config.load(None, overrides))
 
 
+def timed_updates(trainers: list[Trainer], repeats: int) -> list[list[float]]:
+    """Seconds of `repeats` updates of each trainer after one warm-up, round-robin (load spreads over all)."""
+    for t in trainers:
+        t.iteration()  # warm-up
+    times = [[] for _ in trainers]
+    for _ in range(repeats):
+        for i, t in enumerate(trainers):
+            start = time.perf_counter()
+            t.iteration()
+            times[i].append(time.perf_counter() - start)
+    return times
+
+
 def measure(repeats: int = 3, shapes: list[dict] = SHAPES) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = [trainer(s, f"{tmp}/{i}") for i, s in enumerate(shapes)]
-        for t in trainers:
-            t.iteration()  # warm-up
-        times = [[] for _ in shapes]
-        for _ in range(repeats):
-            for i, t in enumerate(trainers):
-                start = time.perf_counter()
-                t.iteration()
-                times[i].append(time.perf_counter() - start)
+        times = timed_updates([trainer(s, f"{tmp}/{i}") for i, s in enumerate(shapes)], repeats)
     return [dict(shape, rows=shape["prompts"] * shape["group"], seconds=statistics.median(ts), times=ts)
             for shape, ts in zip(shapes, times)]
+
+
+MAIN_JOBS = ("shapeworld", "shapeworld_motion")  # the bundled image and video main jobs
+
+
+def main_jobs(repeats: int = 3, names: tuple[str, ...] = MAIN_JOBS) -> dict[str, list[float]]:
+    """Seconds per update of each bundled main job, at its own config (on the CPU, no progress bar)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = [Trainer(config.load(name, ["device=cpu", "log.progress=false", f"run_dir={tmp}/{name}"]))
+                    for name in names]
+        return dict(zip(names, timed_updates(trainers, repeats)))
+
+
+def print_main_jobs(times: dict[str, list[float]]) -> None:
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    print(f"one update of each main job at its own settings, median of {len(next(iter(times.values())))}, "
+          f"{torch.get_num_threads()} thread(s)\n| config | median s | every update s |\n|---|---|---|")
+    for name, ts in times.items():
+        print(f"| {name} | {medians[name]:.2f} | {', '.join(f'{t:.2f}' for t in ts)} |")
+    if set(MAIN_JOBS) <= set(medians):
+        print(f"video / image per update: {medians['shapeworld_motion'] / medians['shapeworld']:.2f}x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--main-jobs", action="store_true", help="time the bundled image and video main jobs instead")
     args = parser.parse_args()
+    if args.main_jobs:
+        return print_main_jobs(main_jobs(args.repeats))
     results = measure(args.repeats)
     columns = ([r["rows"] for r in results], [r["steps"] for r in results], [r["trained"] for r in results],
                [r["seconds"] for r in results])
