@@ -8,9 +8,10 @@ goes in them, the way cleanrl and TRL do:
   `eval/score`; see `NAMESPACED`), the update number as the step; metrics.jsonl keeps the flat names;
 - the resolved config as hyper-parameters (dotted keys);
 - the PNG grids the trainer writes (sample grids, evaluation grids) as images, at the update they
-  appeared (trackers with `log_images`: tensorboard, wandb; mlflow stores them as artifacts);
+  appeared (trackers with `log_images`: tensorboard, wandb; trackio as trackio.Image through its `log`;
+  mlflow stores them as artifacts);
 - a video run's animated GIFs (samples/*.gif, eval/*.gif) as videos under video/... where the tracker
-  shows them (genrl.video_outputs.log_video: tensorboard, wandb; mlflow as artifacts);
+  shows them (genrl.video_outputs.log_video: tensorboard, wandb, trackio; mlflow as artifacts);
 - the held-out evaluations before and after training (`eval/score`, `eval/partial`, `eval/<category>`).
 
 A tracker whose package is not installed is a configuration error naming the pip command,
@@ -186,6 +187,10 @@ def _log_image(tracker, tag: str, path: Path, folder: str, step: int) -> None:
         image = np.asarray(Image.open(path).convert("RGB"))[None]  # [1, H, W, 3] uint8
         options = {"dataformats": "NHWC"} if tracker.name == "tensorboard" else {}
         tracker.log_images({tag: image}, step=step, **options)
+    elif tracker.name == "trackio":  # accelerate's TrackioTracker has no log_images; trackio.log takes trackio.Image
+        import trackio
+
+        tracker.log({tag: trackio.Image(str(path))}, step=step)
     elif hasattr(tracker, "log_artifact"):  # mlflow: the file itself, in its run-directory folder
         tracker.log_artifact(str(path), artifact_path=folder)
 

@@ -20,6 +20,7 @@ wandb.Video of the file, mlflow the file as an artifact; others see the filmstri
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 from typing import Sequence
@@ -109,10 +110,9 @@ def log_video(tracker, tag: str, path: Path, folder: str, step: int) -> bool:
         writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
         writer.flush()
         return True
-    if tracker.name == "wandb":
-        import wandb
-
-        tracker.log({tag: wandb.Video(str(path), format="gif")}, step=step)
+    if tracker.name in ("wandb", "trackio"):  # both take a GIF file as a video: wandb.Video, trackio.Video
+        media = importlib.import_module(tracker.name)
+        tracker.log({tag: media.Video(str(path), format="gif")}, step=step)
         return True
     if hasattr(tracker, "log_artifact"):  # mlflow: the file itself, in its run-directory folder
         tracker.log_artifact(str(path), artifact_path=folder)

@@ -193,19 +193,33 @@ class FakeTracker:
         self.logged.append((values, step))
 
 
-def test_wandb_gets_a_wandb_video_of_the_gif_and_trackers_without_video_get_nothing(tmp_path, monkeypatch):
-    class Video:  # wandb.Video's signature: (data_or_path, caption=None, fps=None, format=None)
-        def __init__(self, data_or_path, caption=None, fps=None, format=None):
-            self.path, self.format = data_or_path, format
+class Media:  # wandb.Video's and trackio.Video's signature: (data_or_path, caption=None, fps=None, format=None)
+    def __init__(self, data_or_path, caption=None, fps=None, format=None):
+        self.path, self.format = data_or_path, format
 
-    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Video=Video))
+
+@pytest.mark.parametrize("name", ["wandb", "trackio"])
+def test_wandb_and_trackio_get_a_video_of_the_gif_and_trackers_without_video_get_nothing(name, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(Video=Media))
     path = video_outputs.save_gif(tmp_path / "g.gif", [Image.new("RGB", (4, 4), c) for c in ("red", "blue")], 4)
-    wandb = FakeTracker("wandb")
-    assert video_outputs.log_video(wandb, "video/samples/group_0", path, "samples", 3)
-    ((values, step),) = wandb.logged
+    tracker = FakeTracker(name)
+    assert video_outputs.log_video(tracker, "video/samples/group_0", path, "samples", 3)
+    ((values, step),) = tracker.logged
     assert step == 3 and values["video/samples/group_0"].path == str(path) and values["video/samples/group_0"].format == "gif"
-    trackio = FakeTracker("trackio")
-    assert not video_outputs.log_video(trackio, "video/samples/group_0", path, "samples", 3) and not trackio.logged
+    other = FakeTracker("comet")  # a tracker genrl cannot show a video on: nothing logged, and it says so
+    assert not video_outputs.log_video(other, "video/samples/group_0", path, "samples", 3) and not other.logged
+
+
+def test_trackio_gets_the_png_grids_as_trackio_images(tmp_path, monkeypatch):
+    from genrl import tracking
+
+    monkeypatch.setitem(sys.modules, "trackio", types.SimpleNamespace(Image=Media))
+    path = tmp_path / "update_000002.png"
+    Image.new("RGB", (4, 4), "red").save(path)
+    tracker = FakeTracker("trackio")
+    tracking._log_image(tracker, "samples/update", path, "samples", 2)
+    ((values, step),) = tracker.logged
+    assert step == 2 and values["samples/update"].path == str(path)
 
 
 def test_video_tags_drop_the_update_number():
