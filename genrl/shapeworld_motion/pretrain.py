@@ -1,7 +1,7 @@
 """Pretrain the tiny ShapeWorld-Motion video model (genrl.models.tiny_video) with rectified flow; evaluate it.
 
-    python -m genrl.shapeworld_motion.pretrain --out genrl/assets/tiny_video --steps 8000 --seed 0 --state S.pt
-    python -m genrl.shapeworld_motion.pretrain --out genrl/assets/tiny_video --steps 8000 --seed 0 --state S.pt --resume
+    python -m genrl.shapeworld_motion.pretrain --out genrl/assets/tiny_video --steps 16000 --seed 0 --state S.pt
+    python -m genrl.shapeworld_motion.pretrain --out genrl/assets/tiny_video --steps 16000 --seed 0 --state S.pt --resume
     python -m genrl.shapeworld_motion.pretrain --eval genrl/assets/tiny_video --sample-steps 10 20 --guidance 1 2
 
 The recipe (loss, σ sampling, prompt sampling per category, 10% caption dropout for CFG, warm-up,
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--attention-head-dim", type=int, default=sizes.attention_head_dim,
                        help="Wan's rotary embedding splits it over frame, row and column")
 
-    p = parser(__doc__, out="genrl/assets/tiny_video", steps=8000, batch=16, lr=1e-3, warmup=200,
+    p = parser(__doc__, out="genrl/assets/tiny_video", steps=16000, batch=16, lr=1e-3, warmup=200,
                minutes=180, model_options=model_options)
     flow_pretraining.main(p, argv, TinyVideoModel, evaluate_base, train_video)
 
