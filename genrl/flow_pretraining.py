@@ -255,4 +255,8 @@ def main(p: argparse.ArgumentParser, argv: Sequence[str] | None, model_class: ty
          train_model: Callable[[argparse.Namespace], None]) -> None:
     """A script's entry point: --eval DIR scores weights with `evaluate`, otherwise `train_model` trains."""
     args = parse_args(p, argv)
-    run_eval(args, model_class, evaluate) if args.eval else train_model(args)
+    try:
+        run_eval(args, model_class, evaluate) if args.eval else train_model(args)
+    except stopping.Interrupted as stop:  # a second signal: the last checkpoint, written atomically, stays
+        print(f"stopped by {stopping.signal_name(stop.signum)}; the last checkpoint stays", flush=True)
+        raise SystemExit(stop.exit_code) from None

@@ -78,3 +78,25 @@ def test_sigterm_finishes_the_step_saves_the_state_and_the_resume_is_exact(tmp_p
     monkeypatch.setattr(flow_pretraining, "learning_rate", schedule)
     pretrain(tmp_path / "cut", "--steps", "3", "--decay-fraction", "0", "--state", state, "--resume")
     assert same_weights(tmp_path / "straight", tmp_path / "cut")
+
+
+def test_a_second_signal_stops_at_once_with_the_signals_exit_code(tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from genrl import flow_pretraining
+
+    schedule = flow_pretraining.learning_rate
+
+    def signalled_twice(step, args):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)  # the impatient second: abandon the step in flight
+        return schedule(step, args)
+
+    monkeypatch.setattr(flow_pretraining, "learning_rate", signalled_twice)
+    with pytest.raises(SystemExit) as stopped:
+        pretrain(tmp_path / "cut", "--steps", "3", "--state", str(tmp_path / "state.pt"))
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM; the last checkpoint stays" in capsys.readouterr().out
+    assert not (tmp_path / "cut").exists() and not (tmp_path / "state.pt").exists()  # none was due yet
