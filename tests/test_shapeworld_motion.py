@@ -95,6 +95,20 @@ def test_an_object_missing_from_one_frame_is_not_present():
     assert score_clips(clip[None], ["a blue square moving down"])["strict"].item() == 0.0
 
 
+def test_the_frames_score_counts_the_frames_each_check_holds_in():
+    prompts = ["two green triangles moving up", "a blue square moving up and a green triangle staying still"]
+    clips = torch.stack([render_clip(p, 3) for p in prompts])
+    assert score_clips(clips, prompts)["frames"].tolist() == [1.0, 1.0]
+    blanked = clips.clone()
+    blanked[:, 2] = blanked[:, 2, :, :1, :1]  # frame 2: background only, every check of that frame fails
+    scores = score_clips(blanked, prompts)
+    assert scores["frames"].tolist() == [7 / 8, 7 / 8] and scores["partial"].tolist() == [0.0, 0.0]
+    # frame 2 holds only a blue square: of its 3 checks (square found, triangle found, 2 objects) 1 holds
+    one_gone = clips[1].clone()
+    one_gone[2] = render_clip("a blue square moving up", 3)[2]
+    assert score_clips(one_gone[None], prompts[1:])["frames"].item() == pytest.approx((7 + 1 / 3) / 8)
+
+
 def test_renders_are_fixed_by_prompt_and_seed():
     assert torch.equal(render_clip("two green triangles moving up", 5), render_clip("two green triangles moving up", 5))
     assert not torch.equal(render_clip("two green triangles moving up", 5), render_clip("two green triangles moving up", 6))

@@ -2,7 +2,8 @@
 
 The reward of the video main job, as `shapeeval` is the image main job's: "partial" (the default, for
 training) is the fraction of the prompt's constraints a clip meets, "strict" is 1 only when all are met
-(the evaluation's metric); the constraints of each category are those of
+(the evaluation's metric), "frames" the per-frame checks a clip meets, averaged over frames (denser:
+it still ranks clips whose objects flicker out of a frame or two); the constraints of each category are those of
 `genrl.shapeworld_motion.judging`. It reads clips [N, F, 3, H, W] in [0, 1] (`reads = "clips"`), and a
 prompt outside the motion grammar fails before the run, naming the word.
 
@@ -20,7 +21,7 @@ from genrl.errors import ConfigError
 from genrl.rewards.base import check_input, register
 from genrl.shapeworld_motion import parse, score_clips
 
-MODES = ("partial", "strict")
+MODES = ("partial", "strict", "frames")
 
 
 @register("shapeworld_motion")

@@ -18,6 +18,12 @@ Constraints, one per line, for a prompt whose objects are A (and B):
     counting_motion  A present; exactly n A in every frame; every A track moves so; exactly n objects
     relative_motion  A present; B present; the distance shrinks / grows; exactly 2 objects
 strict = 1 when every constraint is met, partial = the fraction met.
+
+`frames` is a denser score for training, not a judge: the mean over frames of the fraction of the
+checks one frame can answer (each prompt object found, with its count for counting prompts; the
+total number of objects). A clip whose objects flicker out of a few frames fails `present` (and so
+every constraint built on its track) but keeps most of its `frames` score, so a group whose
+clips all fail strict still ranks them.
 """
 
 from __future__ import annotations
@@ -91,8 +97,16 @@ def constraints_met(c: MotionConstraints, frames: list[list[DetectedObject]], sc
     return met
 
 
+def frame_checks_met(c: MotionConstraints, frame: list[DetectedObject]) -> list[bool]:
+    """The checks one frame answers: each prompt object found (exactly its count when counting), the total count."""
+    found = [sum((d.color, d.shape) == (o.color, o.shape) for d in frame) for o in c.objects]
+    met = [k == o.count if c.category == "counting_motion" else k >= 1 for o, k in zip(c.objects, found)]
+    return met + [len(frame) == sum(o.count for o in c.objects)]
+
+
 def score_clips(clips: Tensor, prompts: Sequence[str]) -> dict[str, Tensor]:
-    """{"strict": [N] 0/1, "partial": [N] fraction of constraints met} for clips [N, F, 3, H, W] in [0, 1]."""
+    """{"strict": [N] 0/1, "partial": [N] fraction of constraints met, "frames": [N] per-frame checks met}
+    for clips [N, F, 3, H, W] in [0, 1]."""
     if not isinstance(clips, Tensor) or clips.ndim != 5 or clips.shape[2] != 3:
         shape = tuple(clips.shape) if isinstance(clips, Tensor) else type(clips).__name__
         raise ValueError(f"score_clips expects clips as a Tensor [N, F, 3, H, W] in [0, 1], got {shape}")
@@ -105,7 +119,9 @@ def score_clips(clips: Tensor, prompts: Sequence[str]) -> dict[str, Tensor]:
     met = [constraints_met(c, detected[i * f:(i + 1) * f], scale) for i, c in enumerate(constraints)]
     strict = torch.tensor([float(all(m)) for m in met])
     partial = torch.tensor([sum(m) / len(m) for m in met], dtype=torch.float32)
-    return {"strict": strict.to(clips.device), "partial": partial.to(clips.device)}
+    per_frame = [[frame_checks_met(c, frame) for frame in detected[i * f:(i + 1) * f]] for i, c in enumerate(constraints)]
+    frames = torch.tensor([sum(sum(m) / len(m) for m in checks) / f for checks in per_frame], dtype=torch.float32)
+    return {"strict": strict.to(clips.device), "partial": partial.to(clips.device), "frames": frames.to(clips.device)}
 
 
 def evaluate_clips(clips: Tensor, prompts: Sequence[str]) -> dict:
