@@ -21,7 +21,7 @@ from genrl import dynamics, grids, rundir
 from genrl.models.base import ModelAdapter
 from genrl.noise import initial_noise
 from genrl.policy import fixed_shape_calls
-from genrl.prompts import is_shapeworld
+from genrl.prompts import is_shapeworld, is_shapeworld_motion
 from genrl.rewards import checked_call
 from genrl.video_outputs import DEFAULT_FPS, save_eval_gif
 
@@ -173,10 +173,13 @@ def evaluate_record(
     """
     repeated, seeds = evaluation_seeds(prompts, images_per_prompt)
     images = sampler(adapter, repeated, seeds, num_steps, shift, micro_batch, progress=progress)
-    # ShapeWorld's judge reads images, so also one-frame clips; clips [N, F, 3, H, W] of F > 1: the reward
+    # ShapeWorld's judge reads images, so also one-frame clips; clips [N, F, 3, H, W] of F > 1 of
+    # ShapeWorld-Motion prompts: the motion judge; anything else: the reward
     stills = images[:, 0] if images.dim() == 5 and images.shape[1] == 1 else images
     if stills.dim() == 4 and is_shapeworld(list(prompts)):
         scores, result = shapeworld_scores(stills, repeated, seeds)
+    elif stills.dim() == 5 and is_shapeworld_motion(list(prompts)):
+        scores, result = motion_scores(stills, repeated)
     else:
         if reward is None:
             raise ValueError("evaluating non-ShapeWorld prompts needs a reward")
@@ -190,6 +193,15 @@ def evaluate_record(
     shown = [i for i in range(len(repeated)) if i % images_per_prompt < shown_per_prompt]
     return EvalRecord(result, repeated, seeds, scores, shown, grids.thumbnails(images[shown]), images,
                       grids.clip_frames(images))
+
+
+def motion_scores(clips: Tensor, prompts: Sequence[str]) -> tuple[dict[str, Tensor], dict]:
+    """(every clip's motion-judge scores [N], their summary: strict as the score, partial, per category and
+    prompt) for clips of ShapeWorld-Motion prompts (one per clip)."""
+    from genrl.shapeworld_motion import judging
+
+    scores = {k: v.cpu() for k, v in judging.score_clips(clips, prompts).items() if k != "frames"}
+    return scores, judging.summarise(scores, prompts)
 
 
 def shapeworld_scores(images: Tensor, prompts: Sequence[str], seeds: Sequence[int]) -> tuple[dict[str, Tensor], dict]:

@@ -33,8 +33,24 @@ def test_the_bundled_config_trains_a_video_model_on_the_motion_split(tmp_path):
     assert json.loads(out.read_text())["score"] >= 0.0 and out.with_suffix(".png").is_file()
 
 
+def test_held_out_clips_are_scored_by_the_motion_judge_not_the_training_reward():
+    from genrl.evaluation import evaluate_record
+    from genrl.shapeworld_motion import eval_prompts, render_clips
+
+    prompts = eval_prompts()[::12]  # one per category
+    def renders(adapter, repeated, seeds, *args, **kwargs):  # ground truth in place of a model's clips
+        return render_clips(repeated, seeds)
+
+    record = evaluate_record(None, prompts, images_per_prompt=2, sampler=renders)
+    assert record.result["score"] == 1.0 and record.result["partial"] == 1.0  # strict, as the image main job's score
+    assert set(record.result["per_category"]) == {"single_motion", "two_motions", "counting_motion", "relative_motion"}
+    assert record.scores["strict"].tolist() == [1.0] * 8
+    stuck = lambda adapter, repeated, seeds, *a, **k: render_clips(repeated, seeds)[:, :1].expand(-1, 8, -1, -1, -1)
+    assert evaluate_record(None, prompts, images_per_prompt=2, sampler=stuck).result["score"] < 1.0  # frozen clips fail motion
+
+
 def test_without_shipped_weights_the_config_names_the_pretraining_command(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(tiny_video, "DEFAULT_WEIGHTS", tmp_path / "no_weights")
+    monkeypatch.setattr(tiny_video.TinyVideoModel, "default_weights", tmp_path / "no_weights")  # as before the weights shipped
     assert cli.main(["train", "shapeworld_motion", f"run_dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "genrl.shapeworld_motion.pretrain" in err[0]

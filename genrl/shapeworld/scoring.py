@@ -214,8 +214,9 @@ def evaluate(images: Tensor, prompts: Sequence[str]) -> dict:
     return summarise(score(images, prompts), prompts)
 
 
-def summarise(scores: dict[str, Tensor], prompts: Sequence[str]) -> dict:
-    """`evaluate`'s summary of per-image scores already computed by `score`."""
+def summarise(scores: dict[str, Tensor], prompts: Sequence[str], parse=parse) -> dict:
+    """`evaluate`'s summary of per-image scores already computed by `score` (ShapeWorld-Motion's
+    judge passes its own `parse`, whose constraints name the category)."""
     strict, partial = scores["strict"].tolist(), scores["partial"].tolist()
     by_category: dict[str, list[float]] = defaultdict(list)
     by_prompt: dict[str, list[tuple[float, float]]] = defaultdict(list)

@@ -28,12 +28,12 @@ clips all fail strict still ranks them.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
+from genrl.shapeworld import scoring
 from genrl.shapeworld.scoring import DetectedObject, detect_objects
 from genrl.shapeworld_motion.grammar import MOTIONS, MotionConstraints, parse
 
@@ -124,15 +124,14 @@ def score_clips(clips: Tensor, prompts: Sequence[str]) -> dict[str, Tensor]:
     return {"strict": strict.to(clips.device), "partial": partial.to(clips.device), "frames": frames.to(clips.device)}
 
 
+def summarise(scores: dict[str, Tensor], prompts: Sequence[str]) -> dict:
+    """{"score" (strict), "partial", "per_category", "per_prompt"} of clips' scores against their prompts."""
+    return scoring.summarise(scores, prompts, parse=parse)
+
+
 def evaluate_clips(clips: Tensor, prompts: Sequence[str]) -> dict:
-    """{"score", "partial", "per_category"} of clips against their prompts (plain floats)."""
-    scores = score_clips(clips, prompts)
-    by_category: dict[str, list[float]] = defaultdict(list)
-    for prompt, s in zip(prompts, scores["strict"].tolist()):
-        by_category[parse(prompt).category].append(s)
-    n = max(len(prompts), 1)
-    return {"score": float(scores["strict"].sum()) / n, "partial": float(scores["partial"].sum()) / n,
-            "per_category": {k: sum(v) / len(v) for k, v in by_category.items()}}
+    """`summarise` of the clips' scores (plain floats)."""
+    return summarise(score_clips(clips, prompts), prompts)
 
 
-__all__ = ["evaluate_clips", "motion_holds", "score_clips"]
+__all__ = ["evaluate_clips", "motion_holds", "score_clips", "summarise"]
