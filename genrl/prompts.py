@@ -108,26 +108,25 @@ def prompt_checks(reward=None, adapter=None) -> list[Callable[[str], None]]:
     return [check for check in (getattr(reward, "check_prompt", None), getattr(adapter, "check_prompt", None)) if check]
 
 
+def _all_parse(prompts: list[str], parse: Callable[[str], object]) -> bool:
+    try:
+        for p in prompts:
+            parse(p)
+    except ValueError:
+        return False
+    return True
+
+
 def is_shapeworld_motion(prompts: list[str]) -> bool:
     """True when every prompt belongs to the ShapeWorld-Motion grammar (then the motion judge evaluates)."""
     from genrl import shapeworld_motion
 
-    try:
-        for p in prompts:
-            shapeworld_motion.parse(p)
-    except ValueError:
-        return False
-    return True
+    return _all_parse(prompts, shapeworld_motion.parse)
 
 
 def is_shapeworld(prompts: list[str]) -> bool:
     """True when every prompt belongs to the ShapeWorld grammar (then the shapeeval evaluator applies)."""
     from genrl import shapeworld
 
-    try:
-        for p in prompts:
-            shapeworld.parse(p)
-    except ValueError:
-        return False
-    return True
+    return _all_parse(prompts, shapeworld.parse)
 
