@@ -101,6 +101,16 @@ def test_size_options_need_random_init_and_unknown_ones_are_named():
         tiny_video(num_blocks=2)
 
 
+
+def test_a_temporal_patch_packs_frames_into_tokens_and_must_divide_the_frames():
+    model = tiny_video(finetune="none", temporal_patch=2)
+    assert model.transformer.config.patch_size == (2, 4, 4) and model.config.tokens == 4 * 8 * 8
+    x = torch.randn(2, *model.latent_shape)
+    cond = model.encode(["a red circle moving left"] * 2)
+    assert model.velocity(x, torch.tensor([0.3, 0.9]), cond).shape == x.shape == (2, 3, 8, 32, 32)
+    with pytest.raises(UserError, match="frames 8 is not a multiple of temporal_patch 3"):
+        tiny_video(temporal_patch=3)
+
 def test_training_prompts_cover_every_category_and_no_held_out_scene():
     held_out = {parse(p).scene for p in eval_prompts()}
     by_category = training_prompts()

@@ -52,7 +52,8 @@ class TinyVideoConfig:
     attention_head_dim: int = 24  # Wan width = heads × head dim; rope splits it 8 (frame) + 8 (row) + 8 (col)
     ffn_ratio: int = 2  # Wan's ffn_dim = ffn_ratio × width
     freq_dim: int = 64  # sinusoidal timestep features (Wan 2.1: 256)
-    patch_size: int = 4  # spatial patch; the temporal patch is 1, as in Wan
+    patch_size: int = 4  # spatial patch
+    temporal_patch: int = 1  # frames per token (real Wan: 1 latent frame = 4 video frames through its VAE)
     frames: int = 8
     sample_size: int = 32  # frame side in pixels
 
@@ -65,11 +66,13 @@ class TinyVideoConfig:
         cfg = cls(**d)
         if cfg.sample_size % cfg.patch_size:
             raise ConfigError(f"{where}: sample_size {cfg.sample_size} is not a multiple of patch_size {cfg.patch_size}")
+        if cfg.frames % cfg.temporal_patch:
+            raise ConfigError(f"{where}: frames {cfg.frames} is not a multiple of temporal_patch {cfg.temporal_patch}")
         return cfg
 
     @property
     def tokens(self) -> int:
-        return self.frames * (self.sample_size // self.patch_size) ** 2
+        return self.frames // self.temporal_patch * (self.sample_size // self.patch_size) ** 2
 
 
 def default_vocabulary() -> list[str]:
@@ -87,7 +90,7 @@ def build_transformer(cfg: TinyVideoConfig) -> nn.Module:
 
     inner = cfg.num_attention_heads * cfg.attention_head_dim
     return WanTransformer3DModel(
-        patch_size=(1, cfg.patch_size, cfg.patch_size),
+        patch_size=(cfg.temporal_patch, cfg.patch_size, cfg.patch_size),
         num_attention_heads=cfg.num_attention_heads,
         attention_head_dim=cfg.attention_head_dim,
         in_channels=3,
@@ -97,7 +100,7 @@ def build_transformer(cfg: TinyVideoConfig) -> nn.Module:
         ffn_dim=cfg.ffn_ratio * inner,
         num_layers=cfg.num_layers,
         # rope tables need only as many positions as the longest axis has patches
-        rope_max_seq_len=max(cfg.frames, cfg.sample_size // cfg.patch_size),
+        rope_max_seq_len=max(cfg.frames // cfg.temporal_patch, cfg.sample_size // cfg.patch_size),
     )
 
 

@@ -71,7 +71,8 @@ def train_video(args: argparse.Namespace) -> None:
     if longest > args.max_length:
         raise SystemExit(f"error: --max-length {args.max_length} is shorter than the longest prompt ({longest} words)")
     cfg = TinyVideoConfig(vocabulary=list(VOCABULARY), max_length=args.max_length, num_layers=args.num_layers,
-                          num_attention_heads=args.num_attention_heads, attention_head_dim=args.attention_head_dim)
+                          num_attention_heads=args.num_attention_heads, attention_head_dim=args.attention_head_dim,
+                          ffn_ratio=args.ffn_ratio, temporal_patch=args.temporal_patch)
     model = TinyVideoModel(pretrained=False, finetune="none", seed=args.seed, **vars(cfg))
     train(args, model, PromptSampler(by_category, args.seed), RECIPE)
 
@@ -84,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--num-attention-heads", type=int, default=sizes.num_attention_heads)
         p.add_argument("--attention-head-dim", type=int, default=sizes.attention_head_dim,
                        help="Wan's rotary embedding splits it over frame, row and column")
+        p.add_argument("--ffn-ratio", type=int, default=sizes.ffn_ratio, help="Wan's ffn_dim = ratio × width")
+        p.add_argument("--temporal-patch", type=int, default=sizes.temporal_patch, help="frames per token")
 
     p = parser(__doc__, out="genrl/assets/tiny_video", steps=16000, batch=16, lr=1e-3, warmup=200,
                minutes=180, model_options=model_options)
