@@ -45,7 +45,7 @@ from genrl.models.base import ModelAdapter
 CHECKPOINT_EVAL_STEPS = 10  # ODE steps of the quick evaluation at each checkpoint
 # Recorded in config.json["training"]: what determines the weights (those a script has).
 TRAINING_SETTINGS = ("seed", "steps", "batch", "lr", "warmup", "decay_fraction", "ema", "caption_dropout", "max_length",
-                     "num_layers", "num_attention_heads", "attention_head_dim")
+                     "num_layers", "num_attention_heads", "attention_head_dim", "ffn_ratio", "temporal_patch", "sigma_shift")
 
 
 class PromptSampler:
@@ -71,6 +71,11 @@ class Recipe:
     condition: Callable[[ModelAdapter, list[str]], TensorDict]  # the conditioning, with gradients
     evaluate: Callable[[ModelAdapter, int, int], dict]  # (model, ODE steps, seeds) -> {"score", "partial", "per_category"}
     save: Callable[[Path, ModelAdapter, dict], None]  # write the model's weights with config.json extras
+
+
+def shifted(sigma: Tensor, shift: float) -> Tensor:
+    """σ ← sσ / (1 + (s − 1)σ), the flow shift of diffusers' schedulers (identity at s = 1)."""
+    return sigma if shift == 1 else shift * sigma / (1 + (shift - 1) * sigma)
 
 
 def learning_rate(step: int, args: argparse.Namespace) -> float:
@@ -105,6 +110,7 @@ def train(args: argparse.Namespace, model: ModelAdapter, sample_prompts: PromptS
     data_gen = torch.Generator().manual_seed(args.seed + 1)
     settings = {k: v for k, v in vars(args).items() if k in TRAINING_SETTINGS}
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items() if k not in ("steps", "minutes"))
+    sigma_shift = getattr(args, "sigma_shift", 1.0)  # a model option where a script offers it (tiny_video)
     start, last_ckpt, history = time.time(), time.time(), []
     running, step_i = None, 0
 
@@ -118,7 +124,8 @@ def train(args: argparse.Namespace, model: ModelAdapter, sample_prompts: PromptS
         if scores:
             print(f"[eval step {step_i}] K={CHECKPOINT_EVAL_STEPS} {format_scores(scores)}", flush=True)
         training = {**settings, "steps_done": step_i, "wall_minutes": round(wall / 60, 2), "parameters": n_params,
-                    "sigma_sampling": "logit-normal(0, 1)", "history": history,
+                    "sigma_sampling": "logit-normal(0, 1)" + (f", shifted by {sigma_shift:g}" if sigma_shift != 1 else ""),
+                    "history": history,
                     "reproduce": f"python -m {recipe.script} --out DIR {flags} --steps {args.steps}"}
         extra = {"training": training, "eval": {f"K{CHECKPOINT_EVAL_STEPS}_seeds{seeds}": scores} if scores else {}}
         recipe.save(Path(args.out), ema, extra)
@@ -152,7 +159,7 @@ def train(args: argparse.Namespace, model: ModelAdapter, sample_prompts: PromptS
             drop = torch.rand(args.batch, generator=data_gen) < args.caption_dropout
             captions = ["" if d else p for p, d in zip(prompts, drop.tolist())]
             noise = torch.randn(x0.shape, generator=data_gen)
-            sigma = torch.sigmoid(torch.randn(args.batch, generator=data_gen))  # logit-normal(0, 1)
+            sigma = shifted(torch.sigmoid(torch.randn(args.batch, generator=data_gen)), sigma_shift)  # logit-normal(0, 1)
             s = sigma.view(-1, *[1] * (x0.dim() - 1))
             x_sigma = (1 - s) * x0 + s * noise
 
@@ -194,7 +201,7 @@ def run_eval(args: argparse.Namespace, model_class: type[ModelAdapter],
     for w in args.guidance:
         model = model_class(weights=args.eval, finetune="none", guidance_scale=w)
         for k in args.sample_steps:
-            for shift in args.shift:
+            for shift in args.shift or [getattr(model, "sigma_shift", None) or 1.0]:  # default: the model's own
                 t = time.time()
                 r = evaluate(model, k, args.seeds, shift)
                 results[f"K{k}_cfg{w:g}_shift{shift:g}"] = r
@@ -234,7 +241,8 @@ def parser(doc: str, *, out: str, steps: int, batch: int, lr: float, warmup: int
     p.add_argument("--eval", metavar="WEIGHTS_DIR", help="evaluate these weights instead of training")
     p.add_argument("--sample-steps", type=int, nargs="+", default=[10, 20], help="ODE steps K (--eval)")
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0], help="CFG scales (--eval)")
-    p.add_argument("--shift", type=float, nargs="+", default=[1.0], help="schedule shifts (--eval)")
+    p.add_argument("--shift", type=float, nargs="+", default=None,
+                   help="schedule shifts (--eval; default the model's pretraining shift, else 1)")
     p.add_argument("--seeds", type=int, default=4, help="noise seeds per eval prompt (--eval)")
     p.add_argument("--write", action="store_true", help="record the --eval scores in config.json")
     return p

@@ -111,6 +111,24 @@ def test_a_temporal_patch_packs_frames_into_tokens_and_must_divide_the_frames():
     with pytest.raises(UserError, match="frames 8 is not a multiple of temporal_patch 3"):
         tiny_video(temporal_patch=3)
 
+
+def test_the_pretraining_sigma_shift_is_diffusers_flow_shift_and_becomes_the_models_sampling_shift(tmp_path):
+    from genrl import config
+    from genrl.dynamics import linspace_shift_sigmas
+    from genrl.flow_pretraining import shifted
+
+    t = torch.linspace(1, 0, 11)
+    torch.testing.assert_close(shifted(t, 3.0), linspace_shift_sigmas(10, 3.0))  # the schedules' own formula
+    assert torch.equal(shifted(t, 1.0), t)
+    assert (shifted(t[1:-1], 3.0) > t[1:-1]).all()  # more of the training σ at high noise
+    assert tiny_video().sigma_shift is None  # the plain schedule: the algorithm's own shift applies
+    model = tiny_video(sigma_shift=3.0)
+    assert model.sigma_shift == 3.0 and config.load(overrides=[]).shift_for(model) == 3.0
+    assert config.load(overrides=["sampling.shift=1.5"]).shift_for(model) == 1.5  # an explicit setting still wins
+    model.save_weights(tmp_path / "w")
+    assert load("tiny_video", weights=tmp_path / "w").sigma_shift == 3.0
+
+
 def test_training_prompts_cover_every_category_and_no_held_out_scene():
     held_out = {parse(p).scene for p in eval_prompts()}
     by_category = training_prompts()
@@ -146,9 +164,19 @@ def test_pretraining_resumes_bit_exactly_and_the_adapter_loads_its_folder(tmp_pa
     assert set(meta["eval"]["K10_seeds4"]["per_category"]) == {"single_motion", "two_motions", "counting_motion",
                                                                "relative_motion"}
     model = load("tiny_video", weights=tmp_path / "straight", finetune="none")
-    assert model.config.num_layers == 1 and model.latent_shape == (3, 8, 32, 32)
+    assert model.config.num_layers == 1 and model.latent_shape == (3, 8, 32, 32) and model.sigma_shift is None
     saved = load_file(str(tmp_path / "straight" / "transformer.safetensors"))
     assert all(torch.equal(saved[k], v) for k, v in model.transformer.state_dict().items())
+
+
+def test_pretraining_with_a_sigma_shift_records_it_with_the_model(tmp_path):
+    pretrain(tmp_path / "w", "--steps", "1", "--sigma-shift", "3", "--temporal-patch", "2", "--ffn-ratio", "4")
+    meta = json.loads((tmp_path / "w" / "config.json").read_text())
+    assert meta["model"]["sigma_shift"] == 3.0 and meta["model"]["temporal_patch"] == 2
+    assert meta["training"]["sigma_sampling"] == "logit-normal(0, 1), shifted by 3"
+    for flag in ("--sigma-shift 3.0", "--temporal-patch 2", "--ffn-ratio 4"):
+        assert flag in meta["training"]["reproduce"]
+    assert load("tiny_video", weights=tmp_path / "w").sigma_shift == 3.0
 
 
 def test_resume_without_a_state_file_fails_before_writing(tmp_path, capsys):
@@ -156,3 +184,12 @@ def test_resume_without_a_state_file_fails_before_writing(tmp_path, capsys):
         pretrain(tmp_path / "out", "--steps", "1", "--state", str(tmp_path / "missing.pt"), "--resume")
     assert exit_.value.code == 2 and "missing.pt" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_wan_on_images_diagnostic_trains_the_video_class_on_one_frame_clips(tmp_path, capsys):
+    from genrl.benchmarks import wan_images
+
+    wan_images.main(["--out", str(tmp_path / "w"), "--steps", "2", "--batch", "2", "--threads", "1", "--warmup", "1"])
+    model = load("tiny_video", weights=tmp_path / "w", finetune="none")
+    assert model.latent_shape == (3, 1, 32, 32) and "above" in model.config.vocabulary  # ShapeWorld's words
+    assert "| Wan (this run) | 2 |" in capsys.readouterr().out

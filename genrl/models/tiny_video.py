@@ -56,6 +56,9 @@ class TinyVideoConfig:
     temporal_patch: int = 1  # frames per token (real Wan: 1 latent frame = 4 video frames through its VAE)
     frames: int = 8
     sample_size: int = 32  # frame side in pixels
+    # the flow shift the model was pretrained on (σ ← sσ/(1+(s−1)σ) on its training σ); the adapter's
+    # `sigma_shift`, so rollouts and evaluations sample on that schedule unless sampling.shift says otherwise
+    sigma_shift: float = 1.0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config") -> "TinyVideoConfig":
@@ -132,6 +135,12 @@ class TinyVideoModel(TinyWordModel):
     @staticmethod
     def latent_shape_of(cfg: TinyVideoConfig) -> tuple[int, ...]:
         return (3, cfg.frames, cfg.sample_size, cfg.sample_size)
+
+    @property
+    def sigma_shift(self) -> float | None:
+        """The flow shift the weights were pretrained on, which sampling then uses (as SD3's and Wan's
+        scheduler shift); None for the plain schedule, where the algorithm's own `shift` applies."""
+        return self.config.sigma_shift if self.config.sigma_shift != 1 else None
 
     def check_prompt(self, prompt: str) -> None:
         """Raise PromptError naming a word outside the vocabulary; with the motion vocabulary the

@@ -35,9 +35,12 @@ from genrl.shapeworld_motion import VOCABULARY, eval_prompts, evaluate_clips, pa
 from genrl.shapeworld_motion.grammar import all_prompts_by_category
 
 
-def evaluate_base(adapter: ModelAdapter, steps: int = 20, seeds: int = 4, shift: float = 1.0,
+def evaluate_base(adapter: ModelAdapter, steps: int = 20, seeds: int = 4, shift: float | None = None,
                   micro_batch: int = 16) -> dict:
-    """Strict and partial motion scores (overall and per category) on the held-out prompts × `seeds` clips."""
+    """Strict and partial motion scores (overall and per category) on the held-out prompts × `seeds` clips,
+    sampled with `shift`, by default the schedule shift the model was pretrained on."""
+    if shift is None:
+        shift = getattr(adapter, "sigma_shift", None) or 1.0
     prompts, noise_seeds = evaluation_seeds(eval_prompts(), seeds)
     clips = sample_ode(adapter, prompts, noise_seeds, steps, shift, micro_batch=micro_batch)
     return evaluate_clips(clips, prompts)
@@ -72,7 +75,7 @@ def train_video(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: --max-length {args.max_length} is shorter than the longest prompt ({longest} words)")
     cfg = TinyVideoConfig(vocabulary=list(VOCABULARY), max_length=args.max_length, num_layers=args.num_layers,
                           num_attention_heads=args.num_attention_heads, attention_head_dim=args.attention_head_dim,
-                          ffn_ratio=args.ffn_ratio, temporal_patch=args.temporal_patch)
+                          ffn_ratio=args.ffn_ratio, temporal_patch=args.temporal_patch, sigma_shift=args.sigma_shift)
     model = TinyVideoModel(pretrained=False, finetune="none", seed=args.seed, **vars(cfg))
     train(args, model, PromptSampler(by_category, args.seed), RECIPE)
 
@@ -87,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                        help="Wan's rotary embedding splits it over frame, row and column")
         p.add_argument("--ffn-ratio", type=int, default=sizes.ffn_ratio, help="Wan's ffn_dim = ratio × width")
         p.add_argument("--temporal-patch", type=int, default=sizes.temporal_patch, help="frames per token")
+        p.add_argument("--sigma-shift", type=float, default=sizes.sigma_shift,
+                       help="train on σ shifted as sσ/(1+(s−1)σ) (more steps at high noise, as video models do); "
+                            "recorded with the model, whose sampling then uses it")
 
     p = parser(__doc__, out="genrl/assets/tiny_video", steps=16000, batch=16, lr=1e-3, warmup=200,
                minutes=180, model_options=model_options)
