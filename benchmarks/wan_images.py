@@ -52,9 +52,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     model = TinyVideoModel(pretrained=False, finetune="none", seed=args.seed, **vars(cfg))
     train(args, model, PromptSampler(prompts_by_category(), args.seed), RECIPE)
     print("| model | step | loss | strict (K = 10, 1 seed) |\n|---|---|---|---|")
+    last = max(e["step"] for e in history(Path(args.out)))
     for name, directory in (("Wan (this run)", Path(args.out)), ("SD3 MMDiT (shipped tiny)", IMAGE_WEIGHTS)):
         for h in history(directory):
-            if h["step"] <= max(e["step"] for e in history(Path(args.out))):
+            if h["step"] <= last:
                 print(f"| {name} | {h['step']} | {h['loss']:.4f} | {h['strict_k10']} |")
 
 

@@ -42,6 +42,11 @@ def flow_sigmas(num_steps: int, shift: float = 1.0) -> Tensor:
     return scheduler.sigmas.to(torch.float32).clone()
 
 
+def flow_shift(sigma: Tensor, shift: float) -> Tensor:
+    """σ ← sσ/(1+(s−1)σ), the flow shift of diffusers' schedulers (identity at s = 1)."""
+    return sigma if shift == 1 else shift * sigma / (1 + (shift - 1) * sigma)
+
+
 def linspace_shift_sigmas(num_steps: int, shift: float = 1.0) -> Tensor:
     """σ_k = s·t/(1+(s−1)·t) at t = linspace(1, 0, K+1): DanceGRPO's and Chunk-GRPO's schedule.
 
@@ -53,7 +58,7 @@ def linspace_shift_sigmas(num_steps: int, shift: float = 1.0) -> Tensor:
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     t = torch.linspace(1, 0, num_steps + 1, dtype=torch.float64)
-    return (shift * t / (1 + (shift - 1) * t)).to(torch.float32)
+    return flow_shift(t, shift).to(torch.float32)
 
 
 SCHEDULES: dict[str, Callable[[int, float], Tensor]] = {

@@ -40,6 +40,7 @@ from tensordict import TensorDict
 from torch import Tensor
 
 from genrl import stopping
+from genrl.dynamics import flow_shift
 from genrl.models.base import ModelAdapter
 
 CHECKPOINT_EVAL_STEPS = 10  # ODE steps of the quick evaluation at each checkpoint
@@ -71,11 +72,6 @@ class Recipe:
     condition: Callable[[ModelAdapter, list[str]], TensorDict]  # the conditioning, with gradients
     evaluate: Callable[[ModelAdapter, int, int], dict]  # (model, ODE steps, seeds) -> {"score", "partial", "per_category"}
     save: Callable[[Path, ModelAdapter, dict], None]  # write the model's weights with config.json extras
-
-
-def shifted(sigma: Tensor, shift: float) -> Tensor:
-    """σ ← sσ / (1 + (s − 1)σ), the flow shift of diffusers' schedulers (identity at s = 1)."""
-    return sigma if shift == 1 else shift * sigma / (1 + (shift - 1) * sigma)
 
 
 def learning_rate(step: int, args: argparse.Namespace) -> float:
@@ -159,7 +155,7 @@ def train(args: argparse.Namespace, model: ModelAdapter, sample_prompts: PromptS
             drop = torch.rand(args.batch, generator=data_gen) < args.caption_dropout
             captions = ["" if d else p for p, d in zip(prompts, drop.tolist())]
             noise = torch.randn(x0.shape, generator=data_gen)
-            sigma = shifted(torch.sigmoid(torch.randn(args.batch, generator=data_gen)), sigma_shift)  # logit-normal(0, 1)
+            sigma = flow_shift(torch.sigmoid(torch.randn(args.batch, generator=data_gen)), sigma_shift)  # logit-normal(0, 1)
             s = sigma.view(-1, *[1] * (x0.dim() - 1))
             x_sigma = (1 - s) * x0 + s * noise
 

@@ -114,11 +114,10 @@ def test_a_temporal_patch_packs_frames_into_tokens_and_must_divide_the_frames():
 
 def test_the_pretraining_sigma_shift_is_diffusers_flow_shift_and_becomes_the_models_sampling_shift(tmp_path):
     from genrl import config
-    from genrl.dynamics import linspace_shift_sigmas
-    from genrl.flow_pretraining import shifted
+    from genrl.dynamics import flow_shift as shifted
 
     t = torch.linspace(1, 0, 11)
-    torch.testing.assert_close(shifted(t, 3.0), linspace_shift_sigmas(10, 3.0))  # the schedules' own formula
+    torch.testing.assert_close(shifted(t, 3.0), 3 * t / (1 + 2 * t))  # diffusers' shift, in closed form
     assert torch.equal(shifted(t, 1.0), t)
     assert (shifted(t[1:-1], 3.0) > t[1:-1]).all()  # more of the training σ at high noise
     assert tiny_video().sigma_shift is None  # the plain schedule: the algorithm's own shift applies
