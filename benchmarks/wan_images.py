@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     cfg = TinyVideoConfig(vocabulary=list(VOCABULARY), num_layers=4, num_attention_heads=4, attention_head_dim=32,
-                          ffn_ratio=4, frames=1)
+                          ffn_ratio=4, frames=1, temporal_patch=1)
     model = TinyVideoModel(pretrained=False, finetune="none", seed=args.seed, **vars(cfg))
     train(args, model, PromptSampler(prompts_by_category(), args.seed), RECIPE)
     print("| model | step | loss | strict (K = 10, 1 seed) |\n|---|---|---|---|")

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from genrl import grids
 
-DEFAULT_FPS = 4  # 8 frames loop in 2 s: a 1-2 px per frame motion is easy to follow
+DEFAULT_FPS = 4  # 4 frames loop in 1 s: a 2-4 px per frame motion is easy to follow
 
 
 def frame_duration_ms(fps: int) -> int:

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from genrl.errors import PromptError, UserError
 from genrl.models import load
 from genrl.shapeworld_motion import eval_prompts, parse, render_clips
-from genrl.shapeworld_motion.pretrain import main, training_prompts
+from genrl.shapeworld_motion.pretrain import build_parser, main, training_prompts
 
 TINY = dict(pretrained=False, num_layers=1, num_attention_heads=1, attention_head_dim=12)
 
@@ -25,7 +25,8 @@ def test_the_denoiser_is_diffusers_wan_on_clip_latents():
 
     model = tiny_video(finetune="none")
     assert isinstance(model.transformer, WanTransformer3DModel)
-    assert model.transformer.config.patch_size == (1, 4, 4) and model.latent_shape == (3, 8, 32, 32)
+    assert model.transformer.config.patch_size == (4, 4, 4) and model.latent_shape == (3, 4, 32, 32)
+    assert model.config.tokens == 8 * 8  # the 4 frames share a token: an image's token count
     x = torch.randn(2, *model.latent_shape)
     v = model.velocity(x, torch.tensor([0.3, 0.9]), model.encode(["a red circle moving left", "two blue squares moving up"]))
     assert v.shape == x.shape and v.dtype == torch.float32 and torch.isfinite(v).all()
@@ -42,12 +43,12 @@ def test_velocity_depends_on_the_prompt_and_cfg_mixes_the_two_passes():
 
 def test_decode_gives_clips_in_the_judges_layout_and_inverts_to_latent():
     model = tiny_video(finetune="none")
-    clips = render_clips(["a red circle moving left", "two green triangles moving up"], [0, 1])  # [2, 8, 3, 32, 32]
+    clips = render_clips(["a red circle moving left", "two green triangles moving up"], [0, 1])  # [2, 4, 3, 32, 32]
     latents = model.to_latent(clips)
     assert latents.shape == (2, *model.latent_shape) and latents.min() >= -1 and latents.max() <= 1
     torch.testing.assert_close(model.decode(latents), clips)
     wild = model.decode(3 * torch.randn(2, *model.latent_shape))
-    assert wild.shape == (2, 8, 3, 32, 32) and wild.min() >= 0 and wild.max() <= 1
+    assert wild.shape == (2, 4, 3, 32, 32) and wild.min() >= 0 and wild.max() <= 1
 
 
 def test_a_word_outside_the_motion_vocabulary_is_one_line_naming_it():
@@ -101,14 +102,30 @@ def test_size_options_need_random_init_and_unknown_ones_are_named():
         tiny_video(num_blocks=2)
 
 
+def test_the_shipped_weights_draw_the_worlds_clips_and_are_the_scripts_defaults():
+    from genrl.models.tiny_video import DEFAULT_WEIGHTS, TinyVideoConfig
+    from genrl.shapeworld_motion import FRAMES, SIZE
+
+    model = load("tiny_video", finetune="none")
+    assert model.latent_shape == (3, FRAMES, SIZE, SIZE) and model.config.tokens == 64  # the 4 frames share a token
+    assert model.sigma_shift == 3.0  # sampled on the schedule it was trained on
+    sizes = {k: v for k, v in vars(model.config).items() if k not in ("vocabulary", "sigma_shift")}
+    assert sizes == {k: v for k, v in vars(TinyVideoConfig()).items() if k not in ("vocabulary", "sigma_shift")}
+    # the script's defaults reproduce the shipped weights: every recorded training setting is its default
+    recorded = json.loads((DEFAULT_WEIGHTS / "config.json").read_text())["training"]
+    defaults = vars(build_parser().parse_args([]))
+    assert {k: recorded[k] for k in defaults if k in recorded} == {k: defaults[k] for k in defaults if k in recorded}
+    assert {"steps", "batch", "lr", "sigma_shift", "temporal_patch", "attention_head_dim"} <= set(defaults) & set(recorded)
+
+
 
 def test_a_temporal_patch_packs_frames_into_tokens_and_must_divide_the_frames():
     model = tiny_video(finetune="none", temporal_patch=2)
-    assert model.transformer.config.patch_size == (2, 4, 4) and model.config.tokens == 4 * 8 * 8
+    assert model.transformer.config.patch_size == (2, 4, 4) and model.config.tokens == 2 * 8 * 8
     x = torch.randn(2, *model.latent_shape)
     cond = model.encode(["a red circle moving left"] * 2)
-    assert model.velocity(x, torch.tensor([0.3, 0.9]), cond).shape == x.shape == (2, 3, 8, 32, 32)
-    with pytest.raises(UserError, match="frames 8 is not a multiple of temporal_patch 3"):
+    assert model.velocity(x, torch.tensor([0.3, 0.9]), cond).shape == x.shape == (2, 3, 4, 32, 32)
+    with pytest.raises(UserError, match="frames 4 is not a multiple of temporal_patch 3"):
         tiny_video(temporal_patch=3)
 
 
@@ -163,7 +180,7 @@ def test_pretraining_resumes_bit_exactly_and_the_adapter_loads_its_folder(tmp_pa
     assert set(meta["eval"]["K10_seeds4"]["per_category"]) == {"single_motion", "two_motions", "counting_motion",
                                                                "relative_motion"}
     model = load("tiny_video", weights=tmp_path / "straight", finetune="none")
-    assert model.config.num_layers == 1 and model.latent_shape == (3, 8, 32, 32) and model.sigma_shift is None
+    assert model.config.num_layers == 1 and model.latent_shape == (3, 4, 32, 32) and model.sigma_shift == 3.0  # the script's default shift
     saved = load_file(str(tmp_path / "straight" / "transformer.safetensors"))
     assert all(torch.equal(saved[k], v) for k, v in model.transformer.state_dict().items())
 

@@ -17,7 +17,7 @@ from genrl import cli, config, evaluation, grids, rundir, video_outputs
 from genrl.trainer import Trainer
 from test_latent_rank import video_overrides  # registers toy_video and toy_clip_brightness
 
-F, SIZE = 8, 32  # ShapeWorld-Motion's clips: 8 frames of 32 px, drawn 64 px
+F, SIZE = 8, 32  # clips of 8 frames of 32 px (ShapeWorld-Motion has 4; 8 checks a longer strip), drawn 64 px
 
 
 def solid_clips(n: int, frames: int = F, size: int = SIZE) -> torch.Tensor:

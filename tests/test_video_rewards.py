@@ -138,7 +138,7 @@ def test_the_video_main_jobs_multi_of_strict_and_partial():
 
 def test_an_image_reward_given_clips_and_a_clip_reward_given_images_are_refused_at_call_time():
     clips = render_clips(MOTION_PROMPTS[:1], [0])
-    with pytest.raises(RewardError, match=r"'shapeeval' judges images .* given clips \[1, 8, 3, 32, 32\].*frames: mean \| first \| every_k"):
+    with pytest.raises(RewardError, match=r"'shapeeval' judges images .* given clips \[1, 4, 3, 32, 32\].*frames: mean \| first \| every_k"):
         rewards.checked_call(rewards.load("shapeeval"), clips, ["a red circle"])
     for name in ("shapeworld_motion", "flicker"):
         with pytest.raises(RewardError, match=rf"'{name}' judges clips \[N, F, 3, H, W\] but was given \[1, 3, 32, 32\]"):
@@ -156,7 +156,7 @@ def video_config(tmp_path, reward: dict, model: str = "tiny_video") -> config.Co
 
 def test_a_video_model_with_an_image_reward_without_a_reduction_fails_at_build(tmp_path):
     with pytest.raises(ConfigError, match=r"reward 'shapeeval' judges images but model.name='tiny_video' makes clips "
-                                          r"\(latents \[3, 8, 32, 32\]\): give the image reward a reduction over frames"):
+                                          r"\(latents \[3, 4, 32, 32\]\): give the image reward a reduction over frames"):
         build.build(video_config(tmp_path, {"name": "shapeeval", "options": {"mode": "strict"}}))
     with pytest.raises(ConfigError, match="reward 'brightness' judges images but model.name='tiny_video'"):  # a multi's entry
         build.build(video_config(tmp_path, {"name": "multi", "options": {"rewards": [

@@ -1,8 +1,10 @@
 """`tiny_video`: the embedded ShapeWorld-Motion base model (docs/video.md, "The tiny video denoiser").
 
 A small diffusers `WanTransformer3DModel` — the class of real Wan 2.1 / 2.2, so the video world
-exercises the same denoiser — working directly in pixel space on clips of 8 frames of 32×32 RGB
-(patch (1, 4, 4) → 8 × 8 × 8 = 512 tokens, Wan's 3-D rotary embedding over frame, row, column),
+exercises the same denoiser — working directly in pixel space on clips of 4 frames of 32×32 RGB
+(patch (4, 4, 4): the clip's 4 frames share a token, as real Wan's VAE packs 4 frames into one latent
+frame, so 8 × 8 = 64 tokens, an image's count; a token's 192 pixel values need a wider model than an
+image's 48 do, width 256, because the last layer's output has at most the width's rank),
 conditioned through Wan's `encoder_hidden_states` / `text_dim` by genrl's tiny word-level text
 encoder (tiny_text.py) with the motion grammar's vocabulary. Pretrained with rectified flow on
 rendered clips by `python -m genrl.shapeworld_motion.pretrain`; the weights ship in
@@ -49,12 +51,12 @@ class TinyVideoConfig:
     text_heads: int = 4
     num_layers: int = 4  # Wan blocks
     num_attention_heads: int = 4
-    attention_head_dim: int = 24  # Wan width = heads × head dim; rope splits it 8 (frame) + 8 (row) + 8 (col)
+    attention_head_dim: int = 64  # Wan width = heads × head dim; rope splits it 24 (frame) + 20 (row) + 20 (col)
     ffn_ratio: int = 2  # Wan's ffn_dim = ffn_ratio × width
     freq_dim: int = 64  # sinusoidal timestep features (Wan 2.1: 256)
     patch_size: int = 4  # spatial patch
-    temporal_patch: int = 1  # frames per token (real Wan: 1 latent frame = 4 video frames through its VAE)
-    frames: int = 8
+    temporal_patch: int = 4  # frames per token (real Wan: 1 latent frame = 4 video frames through its VAE)
+    frames: int = 4  # ShapeWorld-Motion's clips
     sample_size: int = 32  # frame side in pixels
     # the flow shift the model was pretrained on (σ ← sσ/(1+(s−1)σ) on its training σ); the adapter's
     # `sigma_shift`, so rollouts and evaluations sample on that schedule unless sampling.shift says otherwise
@@ -122,7 +124,7 @@ class TinyVideoModel(TinyWordModel):
     of TinyVideoConfig (random init only).
     """
 
-    latent_shape = (3, 8, 32, 32)
+    latent_shape = (3, 4, 32, 32)
     model_name = "tiny_video"
     config_class = TinyVideoConfig
     default_weights = DEFAULT_WEIGHTS

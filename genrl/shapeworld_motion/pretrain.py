@@ -1,14 +1,14 @@
 """Pretrain the tiny ShapeWorld-Motion video model (genrl.models.tiny_video) with rectified flow; evaluate it.
 
-    python -m genrl.shapeworld_motion.pretrain --out genrl/assets/tiny_video --steps 16000 --seed 0 --state S.pt
-    python -m genrl.shapeworld_motion.pretrain --out genrl/assets/tiny_video --steps 16000 --seed 0 --state S.pt --resume
+    python -m genrl.shapeworld_motion.pretrain --out genrl/assets/tiny_video --seed 0 --state S.pt
+    python -m genrl.shapeworld_motion.pretrain --out genrl/assets/tiny_video --seed 0 --state S.pt --resume
     python -m genrl.shapeworld_motion.pretrain --eval genrl/assets/tiny_video --sample-steps 10 20 --guidance 1 2
 
 The recipe (loss, σ sampling, prompt sampling per category, 10% caption dropout for CFG, warm-up,
 linear decay at the end, EMA, exact resume with --state/--resume, the --minutes cap) is
 genrl.flow_pretraining's, shared with the ShapeWorld image model. Here: the text encoder and a
 diffusers WanTransformer3DModel are trained jointly from scratch on clips rendered by
-`render_clips` (8 frames of 32×32, latents [3, 8, 32, 32] in [-1, 1]). Training prompts are every
+`render_clips` (4 frames of 32×32, latents [3, 4, 32, 32] in [-1, 1]). Training prompts are every
 prompt of the motion grammar whose scene is not held out (the held-out scenes are never seen under
 any wording, as the world's split requires), uniformly over the four categories, then within one.
 Checkpoints and --eval score the held-out prompts (eval_prompts.txt) with `score_clips` after the
@@ -80,7 +80,8 @@ def train_video(args: argparse.Namespace) -> None:
     train(args, model, PromptSampler(by_category, args.seed), RECIPE)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The script's flags; their defaults are the shipped model's recipe (genrl/assets/tiny_video/config.json)."""
     sizes = TinyVideoConfig()
 
     def model_options(p: argparse.ArgumentParser) -> None:
@@ -90,13 +91,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                        help="Wan's rotary embedding splits it over frame, row and column")
         p.add_argument("--ffn-ratio", type=int, default=sizes.ffn_ratio, help="Wan's ffn_dim = ratio × width")
         p.add_argument("--temporal-patch", type=int, default=sizes.temporal_patch, help="frames per token")
-        p.add_argument("--sigma-shift", type=float, default=sizes.sigma_shift,
+        p.add_argument("--sigma-shift", type=float, default=3.0,
                        help="train on σ shifted as sσ/(1+(s−1)σ) (more steps at high noise, as video models do); "
                             "recorded with the model, whose sampling then uses it")
 
-    p = parser(__doc__, out="genrl/assets/tiny_video", steps=16000, batch=16, lr=1e-3, warmup=200,
-               minutes=180, model_options=model_options)
-    flow_pretraining.main(p, argv, TinyVideoModel, evaluate_base, train_video)
+    return parser(__doc__, out="genrl/assets/tiny_video", steps=6000, batch=64, lr=1e-3, warmup=200,
+                  minutes=180, model_options=model_options)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    flow_pretraining.main(build_parser(), argv, TinyVideoModel, evaluate_base, train_video)
 
 
 if __name__ == "__main__":

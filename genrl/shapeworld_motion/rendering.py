@@ -1,9 +1,13 @@
 """Ground-truth clips: ShapeWorld's flat shapes moving in straight lines, FRAMES frames of SIZE×SIZE.
 
-8 frames of 32×32: the shapes keep ShapeWorld's look (the image scorer's shape classes need boxes of
-7 px or more), and 8 frames at 1–2 px per frame move an object 7–14 px, far more than the judge's
-3 px threshold and within the frame. Each object keeps a box of 7 to 10 px that stays inside the
-frame with two empty pixels to every other box in every frame. A moving object moves 1 or 2 px per
+4 frames of 32×32: the shapes keep ShapeWorld's look (the image scorer's shape classes need boxes of
+7 px or more), and 4 frames at 2 or 4 px per frame move an object 6 or 12 px, twice the judge's
+3 px threshold or more, within the frame. Why 4 frames and not 8: a clip whose frames are packed
+into one token by the denoiser (temporal patch 4, as Wan's VAE packs 4 frames into one latent frame)
+costs what an image costs in tokens, so the world's 3-hour pretraining budget buys a model whose
+objects persist (docs/video.md, "Four frames"); the 8-frame world drew fragments that came and went.
+Each object keeps a box of 7 to 10 px that stays inside the
+frame with two empty pixels to every other box in every frame. A moving object moves 2 or 4 px per
 frame along its direction; the subject of a relative motion moves along the axis on which the two
 objects are farther apart, toward (or away from) the other, which stays still. Sizes, positions and
 speeds come from `random.Random(seed)` alone, so a (prompt, seed) pair always gives the same clip.
@@ -21,9 +25,9 @@ from torch import Tensor
 from genrl.shapeworld.rendering import PALETTE, Box, shape_mask
 from genrl.shapeworld_motion.grammar import MOTIONS, MotionConstraints, parse
 
-FRAMES, SIZE = 8, 32
+FRAMES, SIZE = 4, 32
 MIN_OBJECT_SIZE, MAX_OBJECT_SIZE = 7, 10
-SPEEDS = (1, 2)  # px per frame
+SPEEDS = (2, 4)  # px per frame
 MIN_GAP = 2
 MAX_LAYOUT_ATTEMPTS = 20_000
 
