@@ -5,7 +5,7 @@
 3 px threshold or more, within the frame. Why 4 frames and not 8: a clip whose frames are packed
 into one token by the denoiser (temporal patch 4, as Wan's VAE packs 4 frames into one latent frame)
 costs what an image costs in tokens, so the world's 3-hour pretraining budget buys a model whose
-objects persist (docs/video.md, "Four frames"); the 8-frame world drew fragments that came and went.
+objects persist (docs/video.md, "The world" and "History"); the 8-frame world drew fragments that came and went.
 Each object keeps a box of 7 to 10 px that stays inside the
 frame with two empty pixels to every other box in every frame. A moving object moves 2 or 4 px per
 frame along its direction; the subject of a relative motion moves along the axis on which the two
