@@ -19,10 +19,12 @@ Reproducibility: everything random comes from `--seed` (model init, prompt order
 noise, σ), and the schedule from `--steps`, so `--steps N` with the same seed reproduces the same
 weights. `--minutes` is only a safety cap (a run it stops has not annealed). A run cut short
 continues exactly with `--state FILE --resume` (model, EMA, optimizer and data RNGs are restored;
-the data of step i depend on i only). SIGINT or SIGTERM lets the step in flight finish, saves the
-weights and the state at once (without the checkpoint's quick evaluation, so a scheduler's grace
-period suffices) and exits with 128 + the signal's number; a second signal stops at once, and the
-last checkpoint, written atomically, stays.
+the data of step i depend on i only). Resuming with a larger `--steps` extends a finished run: the
+learning rate returns to the constant phase and anneals again over the new schedule's end (a warm
+restart); each such leg is recorded, and config.json's `reproduce` chains the legs' commands.
+SIGINT or SIGTERM lets the step in flight finish, saves the weights and the state at once (without
+the checkpoint's quick evaluation, so a scheduler's grace period suffices) and exits with 128 + the
+signal's number; a second signal stops at once, and the last checkpoint, written atomically, stays.
 """
 
 from __future__ import annotations
@@ -82,6 +84,15 @@ def learning_rate(step: int, args: argparse.Namespace) -> float:
     return args.lr * warm * (min(1.0, left / decay_steps) if decay_steps > 0 else 1.0)
 
 
+def reproduce_command(script: str, flags: str, legs: list[dict]) -> str:
+    """The commands that give these weights: one per schedule leg, each later one resuming the state."""
+    commands = []
+    for i, leg in enumerate(legs):
+        resume = " --state S.pt --resume" if i else (" --state S.pt" if len(legs) > 1 else "")
+        commands.append(f"python -m {script} --out DIR {flags} --steps {leg['steps']}{resume}")
+    return " && ".join(commands)
+
+
 def format_scores(r: dict) -> str:
     cats = " ".join(f"{k}={_strict(v):.2f}" for k, v in r["per_category"].items())
     return f"strict={r['score']:.3f} partial={r['partial']:.3f} | {cats}"
@@ -108,6 +119,7 @@ def train(args: argparse.Namespace, model: ModelAdapter, sample_prompts: PromptS
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items() if k not in ("steps", "minutes"))
     sigma_shift = getattr(args, "sigma_shift", 1.0)  # a model option where a script offers it (tiny_video)
     start, last_ckpt, history = time.time(), time.time(), []
+    legs = [{"from_step": 0, "steps": args.steps}]  # the learning-rate schedules this run has followed
     running, step_i = None, 0
 
     def checkpoint(final: bool, evaluate: bool = True) -> None:
@@ -121,14 +133,14 @@ def train(args: argparse.Namespace, model: ModelAdapter, sample_prompts: PromptS
             print(f"[eval step {step_i}] K={CHECKPOINT_EVAL_STEPS} {format_scores(scores)}", flush=True)
         training = {**settings, "steps_done": step_i, "wall_minutes": round(wall / 60, 2), "parameters": n_params,
                     "sigma_sampling": "logit-normal(0, 1)" + (f", shifted by {sigma_shift:g}" if sigma_shift != 1 else ""),
-                    "history": history,
-                    "reproduce": f"python -m {recipe.script} --out DIR {flags} --steps {args.steps}"}
+                    "history": history, **({"schedule_legs": legs} if len(legs) > 1 else {}),
+                    "reproduce": reproduce_command(recipe.script, flags, legs)}
         extra = {"training": training, "eval": {f"K{CHECKPOINT_EVAL_STEPS}_seeds{seeds}": scores} if scores else {}}
         recipe.save(Path(args.out), ema, extra)
         if args.snapshots:
             recipe.save(Path(args.snapshots) / f"step{step_i:05d}", ema, extra)
         if args.state:  # everything needed to continue exactly where this stopped
-            state = {"step": step_i, "wall": wall, "running": running, "history": history,
+            state = {"step": step_i, "wall": wall, "running": running, "history": history, "legs": legs,
                      "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                      "prompt_rng": sample_prompts.generator.get_state(), "data_rng": data_gen.get_state()}
             torch.save(state, args.state + ".tmp")
@@ -143,6 +155,9 @@ def train(args: argparse.Namespace, model: ModelAdapter, sample_prompts: PromptS
         sample_prompts.generator.set_state(state["prompt_rng"])
         data_gen.set_state(state["data_rng"])
         step_i, previous_wall, running, history = state["step"], state["wall"], state["running"], state["history"]
+        legs = state.get("legs", legs)  # a state written before legs were recorded: one schedule, this one
+        if legs[-1]["steps"] != args.steps:  # a new schedule from here on (a warm restart)
+            legs.append({"from_step": step_i, "steps": args.steps})
         print(f"resumed from {args.state} at step {step_i} ({previous_wall / 60:.1f} min)", flush=True)
     first_step = step_i
 

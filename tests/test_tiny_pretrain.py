@@ -52,6 +52,26 @@ def test_a_run_cut_short_resumes_exactly(tmp_path):
 
 
 @pytest.mark.slow
+def test_extending_a_finished_run_records_its_legs_and_their_commands_reproduce_it(tmp_path):
+    schedule = ("--warmup", "1", "--decay-fraction", "0.5")  # leg one anneals its step 3; a 6-step run does not
+    state = str(tmp_path / "state.pt")
+    pretrain(tmp_path / "extended", *schedule, "--steps", "4", "--state", state)
+    pretrain(tmp_path / "extended", *schedule, "--steps", "6", "--state", state, "--resume")
+    training = json.loads((tmp_path / "extended" / "config.json").read_text())["training"]
+    assert training["schedule_legs"] == [{"from_step": 0, "steps": 4}, {"from_step": 4, "steps": 6}]
+    first, second = training["reproduce"].split(" && ")
+    assert "--steps 4 --state S.pt" in first and "--resume" not in first and second.endswith("--steps 6 --state S.pt --resume")
+    # the chained commands give these weights; one straight 6-step run anneals once and differs
+    again = str(tmp_path / "again.pt")
+    pretrain(tmp_path / "again", *schedule, "--steps", "4", "--state", again)
+    pretrain(tmp_path / "again", *schedule, "--steps", "6", "--state", again, "--resume")
+    pretrain(tmp_path / "straight", *schedule, "--steps", "6")
+    assert same_weights(tmp_path / "extended", tmp_path / "again")
+    assert not same_weights(tmp_path / "extended", tmp_path / "straight")
+    assert "schedule_legs" not in json.loads((tmp_path / "straight" / "config.json").read_text())["training"]
+
+
+@pytest.mark.slow
 def test_sigterm_finishes_the_step_saves_the_state_and_the_resume_is_exact(tmp_path, monkeypatch, capsys):
     import os
     import signal
