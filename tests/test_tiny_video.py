@@ -111,10 +111,13 @@ def test_the_shipped_weights_draw_the_worlds_clips_and_are_the_scripts_defaults(
     assert model.sigma_shift == 3.0  # sampled on the schedule it was trained on
     sizes = {k: v for k, v in vars(model.config).items() if k not in ("vocabulary", "sigma_shift")}
     assert sizes == {k: v for k, v in vars(TinyVideoConfig()).items() if k not in ("vocabulary", "sigma_shift")}
-    # the script's defaults reproduce the shipped weights: every recorded training setting is its default
+    # the script's defaults are the shipped weights' settings: every recorded training setting is its default
+    # (the weights themselves came in two schedule legs, 6,000 steps then extended to 12,000, which `reproduce` chains)
     recorded = json.loads((DEFAULT_WEIGHTS / "config.json").read_text())["training"]
     defaults = vars(build_parser().parse_args([]))
     assert {k: recorded[k] for k in defaults if k in recorded} == {k: defaults[k] for k in defaults if k in recorded}
+    assert [leg["steps"] for leg in recorded["schedule_legs"]] == [6000, defaults["steps"]]
+    assert recorded["reproduce"].count("genrl.shapeworld_motion.pretrain") == 2 and recorded["steps_done"] == 12000
     assert {"steps", "batch", "lr", "sigma_shift", "temporal_patch", "attention_head_dim"} <= set(defaults) & set(recorded)
 
 
