@@ -21,7 +21,8 @@ weights. `--minutes` is only a safety cap (a run it stops has not annealed). A r
 continues exactly with `--state FILE --resume` (model, EMA, optimizer and data RNGs are restored;
 the data of step i depend on i only). Resuming with a larger `--steps` extends a finished run: the
 learning rate returns to the constant phase and anneals again over the new schedule's end (a warm
-restart); each such leg is recorded, and config.json's `reproduce` chains the legs' commands.
+restart); each such leg is recorded, and config.json's `reproduce` chains the legs' commands (a leg
+cut before its end is replayed with `--stop-at`, the step it reached).
 SIGINT or SIGTERM lets the step in flight finish, saves the weights and the state at once (without
 the checkpoint's quick evaluation, so a scheduler's grace period suffices) and exits with 128 + the
 signal's number; a second signal stops at once, and the last checkpoint, written atomically, stays.
@@ -89,7 +90,8 @@ def reproduce_command(script: str, flags: str, legs: list[dict]) -> str:
     commands = []
     for i, leg in enumerate(legs):
         resume = " --state S.pt --resume" if i else (" --state S.pt" if len(legs) > 1 else "")
-        commands.append(f"python -m {script} --out DIR {flags} --steps {leg['steps']}{resume}")
+        cut = f" --stop-at {leg['until']}" if "until" in leg else ""  # a leg extended before it ended
+        commands.append(f"python -m {script} --out DIR {flags} --steps {leg['steps']}{cut}{resume}")
     return " && ".join(commands)
 
 
@@ -122,6 +124,9 @@ def train(args: argparse.Namespace, model: ModelAdapter, sample_prompts: PromptS
     legs = [{"from_step": 0, "steps": args.steps}]  # the learning-rate schedules this run has followed
     running, step_i = None, 0
 
+    def legs_so_far() -> list[dict]:  # a checkpoint inside a leg is replayed up to its own step
+        return legs if step_i >= legs[-1]["steps"] else [*legs[:-1], {**legs[-1], "until": step_i}]
+
     def checkpoint(final: bool, evaluate: bool = True) -> None:
         ema.refresh_unconditional()  # the text encoder changed since the last time
         seeds = 4 if final else 1
@@ -134,7 +139,7 @@ def train(args: argparse.Namespace, model: ModelAdapter, sample_prompts: PromptS
         training = {**settings, "steps_done": step_i, "wall_minutes": round(wall / 60, 2), "parameters": n_params,
                     "sigma_sampling": "logit-normal(0, 1)" + (f", shifted by {sigma_shift:g}" if sigma_shift != 1 else ""),
                     "history": history, **({"schedule_legs": legs} if len(legs) > 1 else {}),
-                    "reproduce": reproduce_command(recipe.script, flags, legs)}
+                    "reproduce": reproduce_command(recipe.script, flags, legs_so_far())}
         extra = {"training": training, "eval": {f"K{CHECKPOINT_EVAL_STEPS}_seeds{seeds}": scores} if scores else {}}
         recipe.save(Path(args.out), ema, extra)
         if args.snapshots:
@@ -157,13 +162,16 @@ def train(args: argparse.Namespace, model: ModelAdapter, sample_prompts: PromptS
         step_i, previous_wall, running, history = state["step"], state["wall"], state["running"], state["history"]
         legs = state.get("legs", legs)  # a state written before legs were recorded: one schedule, this one
         if legs[-1]["steps"] != args.steps:  # a new schedule from here on (a warm restart)
+            if step_i < legs[-1]["steps"]:  # the last leg was cut short: its replay must stop here too
+                legs[-1]["until"] = step_i
             legs.append({"from_step": step_i, "steps": args.steps})
         print(f"resumed from {args.state} at step {step_i} ({previous_wall / 60:.1f} min)", flush=True)
     first_step = step_i
 
     stop = stopping.StopRequest()  # SIGINT / SIGTERM: finish this step, save, exit 128 + signal
     with stopping.handled(stop):
-        while step_i < args.steps and time.time() - start < args.minutes * 60 and not stop.requested:
+        last_step = min(args.steps, args.stop_at or args.steps)
+        while step_i < last_step and time.time() - start < args.minutes * 60 and not stop.requested:
             prompts = sample_prompts(args.batch)
             render_seeds = (args.seed * 1_000_003 + step_i * args.batch + torch.arange(args.batch)).tolist()
             x0 = model.to_latent(recipe.render(prompts, render_seeds))  # [B, *latent_shape] in [-1, 1]
@@ -235,6 +243,8 @@ def parser(doc: str, *, out: str, steps: int, batch: int, lr: float, warmup: int
     p.add_argument("--seed", type=int, default=0, help="seeds init, data order, render seeds, noise and σ")
     p.add_argument("--steps", type=int, default=steps, help="optimizer steps; the learning-rate schedule spans them")
     p.add_argument("--minutes", type=float, default=minutes, help="safety cap on the wall time of this invocation")
+    p.add_argument("--stop-at", type=int, default=0, metavar="STEP",
+                   help="end this invocation at STEP, mid-schedule (replays a leg that was cut; see `reproduce`)")
     p.add_argument("--batch", type=int, default=batch)
     p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--warmup", type=int, default=warmup, help="linear learning-rate warm-up steps")

@@ -71,6 +71,31 @@ def test_extending_a_finished_run_records_its_legs_and_their_commands_reproduce_
     assert "schedule_legs" not in json.loads((tmp_path / "straight" / "config.json").read_text())["training"]
 
 
+def replay(reproduce: str, out, state) -> None:
+    """Run config.json's `reproduce` commands, as a user would paste them, into `out` with state file `state`."""
+    for command in reproduce.split(" && "):
+        argv = command.replace("DIR", str(out)).replace("S.pt", str(state)).split()
+        assert argv[:3] == ["python", "-m", "genrl.shapeworld.pretrain"]
+        main([*argv[3:], "--threads", "1"])
+
+
+@pytest.mark.slow
+def test_a_leg_cut_short_then_extended_is_replayed_up_to_its_cut(tmp_path):
+    schedule = ("--warmup", "1", "--decay-fraction", "0.5")
+    state = str(tmp_path / "state.pt")
+    pretrain(tmp_path / "run", *schedule, "--steps", "4", "--stop-at", "2", "--state", state)  # cut as --minutes or a signal cuts
+    cut = json.loads((tmp_path / "run" / "config.json").read_text())["training"]
+    assert cut["steps_done"] == 2 and cut["reproduce"].endswith("--steps 4 --stop-at 2")
+    pretrain(tmp_path / "run", *schedule, "--steps", "6", "--state", state, "--resume")
+    training = json.loads((tmp_path / "run" / "config.json").read_text())["training"]
+    assert training["schedule_legs"] == [{"from_step": 0, "steps": 4, "until": 2}, {"from_step": 2, "steps": 6}]
+    replay(training["reproduce"], tmp_path / "again", tmp_path / "again.pt")
+    assert same_weights(tmp_path / "run", tmp_path / "again")
+    # without the cut, the first leg would run its 4 steps (annealing steps 2-3) and give other weights
+    replay(training["reproduce"].replace(" --stop-at 2", ""), tmp_path / "uncut", tmp_path / "uncut.pt")
+    assert not same_weights(tmp_path / "run", tmp_path / "uncut")
+
+
 @pytest.mark.slow
 def test_sigterm_finishes_the_step_saves_the_state_and_the_resume_is_exact(tmp_path, monkeypatch, capsys):
     import os
