@@ -25,7 +25,7 @@ the main job is 5e-5, so a log-ratio off by rounding is clipped, not learned fro
 
     python -m genrl.benchmarks.cpu_speed [--updates 20] [--warmup 5] [--repeats 3] [--processes 2]
     python -m genrl.benchmarks.cpu_speed --autocast [--repeats 3]
-    python -m genrl.benchmarks.cpu_speed --compile [--updates 10]      # model.compile=true against eager
+    python -m genrl.benchmarks.cpu_speed --compile [--updates 10] [--config shapeworld_motion]  # compiled vs eager
     python -m genrl.benchmarks.cpu_speed --ratio [cpu_ratio's options]   # the denoiser's FLOP/s against a matmul's
 
 **torch.compile** (`--compile`): the main job in one process, eager and with `model.compile=true`, alternating; besides
@@ -80,17 +80,18 @@ def compile_layouts(cores: int) -> list[Layout]:
     return [Layout(1, cores, "random", compiled=False), Layout(1, cores, "random", compiled=True)]
 
 
-def command(layout: Layout, updates: int, run_dir: str, overrides: list[str]) -> list[str]:
+def command(layout: Layout, updates: int, run_dir: str, overrides: list[str], config: str | None = None) -> list[str]:
+    """`config`: a bundled config's name or a file (the main job's when None)."""
     launch = ["--num-processes", str(layout.processes)] if layout.processes > 1 else []
-    return [sys.executable, "-m", "genrl", "train", *launch, f"train.updates={updates}",
+    return [sys.executable, "-m", "genrl", "train", *([config] if config else []), *launch, f"train.updates={updates}",
             f"train.minibatch_draw={layout.draw}", *QUIET, *overrides,
             *([] if layout.compiled is None else [f"model.compile={str(layout.compiled).lower()}"]), f"run_dir={run_dir}"]
 
 
-def run(layout: Layout, updates: int, run_dir: str, overrides: list[str]) -> list[dict]:
+def run(layout: Layout, updates: int, run_dir: str, overrides: list[str], config: str | None = None) -> list[dict]:
     """One run of the layout; its metrics.jsonl rows."""
     env = dict(os.environ, OMP_NUM_THREADS=str(layout.threads))
-    done = subprocess.run(command(layout, updates, run_dir, overrides), env=env, capture_output=True, text=True)
+    done = subprocess.run(command(layout, updates, run_dir, overrides, config), env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{layout.name}: genrl train exited {done.returncode}:\n{done.stderr[-2000:]}")
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
@@ -112,7 +113,7 @@ def same_metrics(a: list[dict], b: list[dict], rel: float = 1e-4) -> bool:
 
 
 def measure(updates: int, warmup: int, repeats: int, processes: int, cores: int,
-            overrides: list[str] = (), compiled: bool = False) -> list[dict]:
+            overrides: list[str] = (), compiled: bool = False, config: str | None = None) -> list[dict]:
     """`compiled`: eager against model.compile=true in one process (compile_layouts), else the process layouts."""
     candidates = compile_layouts(cores) if compiled else layouts(cores, processes)
     times: dict[Layout, list[float]] = {c: [] for c in candidates}
@@ -122,7 +123,7 @@ def measure(updates: int, warmup: int, repeats: int, processes: int, cores: int,
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(repeats):
             for i, layout in enumerate(candidates):
-                rows = run(layout, updates, f"{tmp}/{rep}-{i}", list(overrides))
+                rows = run(layout, updates, f"{tmp}/{rep}-{i}", list(overrides), config)
                 times[layout].append(seconds_per_update(rows, warmup))
                 first[layout].append(rows[0]["wall_s"])
                 total[layout].append(rows[-1]["wall_s"])
@@ -191,6 +192,8 @@ def main() -> None:
     parser.add_argument("--autocast", action="store_true", help="time the denoiser in fp32 and bf16 autocast instead")
     parser.add_argument("--compile", action="store_true", help="the main job eager and with model.compile=true instead "
                         "of the process layouts")
+    parser.add_argument("--config", help="a bundled config's name or a file (default: the main job's), e.g. "
+                        "shapeworld_motion for the video main job")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value passed to every run")
     args = parser.parse_args()
     if args.autocast:
@@ -201,8 +204,9 @@ def main() -> None:
               f"bf16 velocity's relative error against fp32: {r['relative_error']:.2e}\n"
               f"bf16 forward with gradients gives the bits of the one without: {r['grad_equals_no_grad']}")
         return
-    results = measure(args.updates, args.warmup, args.repeats, args.processes, args.cores, args.overrides, args.compile)
-    print(f"the main job's updates {args.warmup + 1}-{args.updates}, median of {args.repeats} runs, {args.cores} cores, "
+    results = measure(args.updates, args.warmup, args.repeats, args.processes, args.cores, args.overrides, args.compile,
+                      args.config)
+    print(f"{args.config or 'the main job'}'s updates {args.warmup + 1}-{args.updates}, median of {args.repeats} runs, {args.cores} cores, "
           f"load average {os.getloadavg()[0]:.1f} at the end")
     print("| layout | s / update | runs | speed-up | first update s | run s (updates) | metrics |\n|---|---|---|---|---|---|---|")
     twin = "eager" if args.compile else "1 process"  # compiled numbers are not bitwise eager's: compared to tolerance

@@ -276,6 +276,9 @@ def parse_args(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
         p.error("--resume needs --state FILE (the trainer state a previous run wrote)")
     if args.resume and not Path(args.state).is_file():
         p.error(f"--resume: no trainer state at {args.state}; run without --resume to start one")
+    if args.stop_at < 0 or args.stop_at > args.steps:
+        p.error(f"--stop-at {args.stop_at}: must be a step between 1 and --steps {args.steps} (0, the default, "
+                "runs to --steps)")
     return args
 
 

@@ -30,16 +30,19 @@ def graphs() -> dict:
     return dict(counters["stats"])
 
 
-def test_a_reevaluated_action_has_ratio_exactly_one_and_the_lora_reference_compiles_once():
+@pytest.mark.parametrize("model", ["tiny", "tiny_video"])
+def test_a_reevaluated_action_has_ratio_exactly_one_and_the_lora_reference_compiles_once(model):
     """As tests/test_env_policy.py's ratio test, compiled: the rollout's forward runs without gradients, the
     re-evaluation with them (as a training pass does), and both give the same bits. Switching LoRA off for the
-    reference and back does not compile again."""
+    reference and back does not compile again. The video model too: the video main job runs compiled."""
     from conftest import TOY_PROMPTS
 
-    adapter = models.load("tiny", pretrained=False, num_layers=1, attention_head_dim=8, finetune="lora", seed=3)
+    head_dim, prompts = (8, TOY_PROMPTS) if model == "tiny" else (24, ["a red circle moving left",
+                                                                        "a blue square staying still"])
+    adapter = models.load(model, pretrained=False, num_layers=1, attention_head_dim=head_dim, finetune="lora", seed=3)
     adapter.compile_denoiser()
     sigmas = dynamics.flow_sigmas(4)
-    env = DenoisingEnv(adapter, TOY_PROMPTS, sigmas, group_size=3, prompts_per_batch=2, seed=1)
+    env = DenoisingEnv(adapter, prompts, sigmas, group_size=3, prompts_per_batch=2, seed=1)
     policy = make_policy(adapter, sigmas, stochastic_steps(4), "flow_sde", micro_batch=4, a=0.7)
     before = graphs()
     with torch.no_grad():
@@ -143,3 +146,15 @@ def test_cpu_speed_times_the_main_job_eager_against_compiled_in_one_run():
     assert (eager["compiled"], compiled["compiled"]) == (False, True) and eager["same_metrics_as"] is None
     assert compiled["same_metrics_as"] in (eager["layout"], False)  # compared with eager's, to a tolerance
     assert all(0 < r["first_update_s"] <= r["run_s"] and r["s_per_update"] > 0 for r in (eager, compiled))
+
+
+def test_compiling_never_falls_back_to_eager_silently():
+    """Every diffusers transformer's forward is one code object to dynamo (peft_utils' wrapper), so the variants of
+    all compiled models in a process share one recompile limit; past it dynamo would run eager without a word (a
+    video model compiled before an image one once made this file's resume test see eager bits)."""
+    from genrl.models.finetune import RECOMPILE_LIMIT
+
+    adapter = models.load("tiny", pretrained=False, num_layers=1, attention_head_dim=8, finetune="full", seed=3)
+    adapter.compile_denoiser()
+    assert torch._dynamo.config.fail_on_recompile_limit_hit
+    assert torch._dynamo.config.recompile_limit >= RECOMPILE_LIMIT

@@ -145,3 +145,12 @@ def test_a_second_signal_stops_at_once_with_the_signals_exit_code(tmp_path, monk
     assert stopped.value.code == 128 + signal.SIGTERM
     assert "stopped by SIGTERM; the last checkpoint stays" in capsys.readouterr().out
     assert not (tmp_path / "cut").exists() and not (tmp_path / "state.pt").exists()  # none was due yet
+
+
+@pytest.mark.parametrize("stop_at", ["-1", "5"])
+def test_a_stop_outside_the_schedule_is_one_line_before_anything_is_written(tmp_path, capsys, stop_at):
+    with pytest.raises(SystemExit) as refused:
+        pretrain(tmp_path / "out", "--steps", "4", "--stop-at", stop_at)
+    assert refused.value.code == 2 and not (tmp_path / "out").exists()
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"--stop-at {stop_at}" in err and "--steps 4" in err

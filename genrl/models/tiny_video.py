@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from genrl.errors import ConfigError
 from genrl.models.base import register
+from genrl.models.finetune import WAN_COMPILE_OPTIONS
 from genrl.models import tiny
 from genrl.models.tiny import TinyWordModel, save_weights
 from genrl.models.tiny_text import TinyTextEncoder
@@ -125,6 +126,7 @@ class TinyVideoModel(TinyWordModel):
     """
 
     latent_shape = (3, 4, 32, 32)
+    compile_options = WAN_COMPILE_OPTIONS  # a WanTransformer3DModel: model.compile keeps ratios exactly 1 with them
     model_name = "tiny_video"
     config_class = TinyVideoConfig
     default_weights = DEFAULT_WEIGHTS

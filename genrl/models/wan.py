@@ -32,7 +32,7 @@ from torch import Tensor
 from genrl.errors import ConfigError
 from genrl.keys import PROMPT_EMBEDS
 from genrl.models.base import ModelAdapter, register
-from genrl.models.finetune import FinetunedTransformer, check_finetune
+from genrl.models.finetune import WAN_COMPILE_OPTIONS, FinetunedTransformer, check_finetune
 from genrl.models.hub import CONFIG, MODEL, TOKENIZER, resolve_model_dir
 from genrl.models.lora import save_lora
 from genrl.models.sd3 import default_device, parse_dtype
@@ -84,6 +84,7 @@ class WanModel(FinetunedTransformer, ModelAdapter):
     PIPELINE = "WanPipeline"
     TRANSFORMER = "WanTransformer3DModel"
     DEFAULT_MODEL_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+    compile_options = WAN_COMPILE_OPTIONS  # the tiny video model's transformer class: tested there
 
     def __init__(
         self,
