@@ -206,8 +206,8 @@ def main() -> None:
         return
     results = measure(args.updates, args.warmup, args.repeats, args.processes, args.cores, args.overrides, args.compile,
                       args.config)
-    print(f"{args.config or 'the main job'}'s updates {args.warmup + 1}-{args.updates}, median of {args.repeats} runs, {args.cores} cores, "
-          f"load average {os.getloadavg()[0]:.1f} at the end")
+    print(f"{args.config or 'the main job'}'s updates {args.warmup + 1}-{args.updates}, median of {args.repeats} runs, "
+          f"{args.cores} cores, load average {os.getloadavg()[0]:.1f} at the end")
     print("| layout | s / update | runs | speed-up | first update s | run s (updates) | metrics |\n|---|---|---|---|---|---|---|")
     twin = "eager" if args.compile else "1 process"  # compiled numbers are not bitwise eager's: compared to tolerance
     for r in results:
